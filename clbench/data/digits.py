@@ -1,0 +1,22 @@
+"""scikit-learn's handwritten digits (8x8, 10 classes): ships inside scikit-learn, so it runs offline."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clbench.data import TensorDataset, channel_stats
+
+
+def load_digits(root=None, download=False, test_fraction: float = 0.2, split_seed: int = 0) -> TensorDataset:
+    """Digits with a fixed stratified train/test split (part of the benchmark, not of the stream seed)."""
+    from sklearn.datasets import load_digits as sk_load
+    from sklearn.model_selection import train_test_split
+
+    d = sk_load()
+    x = d.images.astype(np.uint8)[:, None]  # values 0..16, shape (N, 1, 8, 8)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=test_fraction,
+                                              random_state=split_seed, stratify=d.target)
+    x_tr, x_te = torch.from_numpy(x_tr), torch.from_numpy(x_te)
+    mean, std = channel_stats(x_tr, 16.0)
+    return TensorDataset("digits", x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long(),
+                         n_classes=10, input_shape=(1, 8, 8), scale=16.0, mean=mean, std=std)

@@ -1,0 +1,228 @@
+"""The engine: build the stream, the model and the strategy from a resolved config, then
+
+    R0 = evaluate()                       # the row before any training (for FWT)
+    for exp in stream:
+        strategy.train(exp)
+        R[i] = evaluate()                 # one row of the accuracy matrix
+    metrics = f(R, R0); write result.json
+
+Everything that can be wrong with the config fails in `prepare`, before any file is written.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from clbench import metrics as M
+from clbench.config import ConfigError, compose, config_hash
+from clbench.data import load_dataset
+from clbench.evaluator import Evaluator
+from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
+from clbench.models import build_model
+from clbench.registry import SCENARIOS, STRATEGIES
+from clbench.results import SCHEMA_VERSION, RunDir, environment, make_run_id, write_json_atomic
+from clbench.strategy import Strategy, StreamInfo
+from clbench.stream import Stream
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bad value for 'device': {name!r} requested but CUDA is not available (use device=cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _construct(kind: str, cls, options: dict):
+    """Call a plugin constructor with config options; a wrong option names the key and the valid ones."""
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as e:
+        params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        raise ConfigError(f"bad '{kind}' options for '{getattr(cls, '__name__', cls)}': {e}. "
+                          f"Valid options: {', '.join(params)}") from None
+    return cls(**options)
+
+
+def build_stream(cfg: dict, device: torch.device) -> Stream:
+    dataset = load_dataset(cfg, device)
+    sc = cfg["scenario"]
+    scenario = _construct("scenario", SCENARIOS.get(sc["name"]), {k: v for k, v in sc.items() if k != "name"})
+    stream = scenario.build(dataset, int(cfg["stream_seed"]))
+    stream.name = sc["name"]
+    stream.dataset = dataset
+    return stream
+
+
+def stream_info(stream: Stream) -> StreamInfo:
+    return StreamInfo(name=stream.name, setting=stream.setting, n_classes=stream.n_classes,
+                      n_experiences=len(stream), task_classes=stream.task_classes,
+                      input_shape=stream.input_shape)
+
+
+def build_strategy(cfg: dict, stream: Stream, device: torch.device) -> Strategy:
+    name = cfg["strategy"]["name"]
+    cls = STRATEGIES.get(name.split(":")[0])
+    if stream.setting not in getattr(cls, "settings", (stream.setting,)):
+        raise ConfigError(f"strategy '{name}' does not support the {stream.setting} setting of benchmark "
+                          f"'{cfg['benchmark']['name']}' (it supports: {', '.join(cls.settings)})")
+    torch.manual_seed(int(cfg["seed"]))  # the same seed gives the same initial weights
+    model = build_model(cfg, stream.dataset)
+    return cls(model, dict(cfg["strategy"]), cfg["train"], stream_info(stream), device, seed=int(cfg["seed"]))
+
+
+@dataclass
+class Run:
+    cfg: dict
+    cfg_hash: str
+    run_id: str
+    device: torch.device
+    stream: Stream
+    strategy: Strategy
+    evaluator: Evaluator
+    loggers: list[Logger] = field(default_factory=list)
+
+
+def prepare(cfg: dict) -> Run:
+    """Build everything for a run; raises ConfigError/UnknownNameError before anything is written."""
+    device = resolve_device(str(cfg["device"]))
+    seed_everything(int(cfg["seed"]), bool(cfg.get("deterministic", False)))
+    h = config_hash(cfg)
+    stream = build_stream(cfg, device)
+    strategy = build_strategy(cfg, stream, device)
+    evaluator = Evaluator(stream, batch_size=int(cfg["eval"].get("batch_size", 1000)))
+    return Run(cfg=cfg, cfg_hash=h, run_id=make_run_id(cfg, h), device=device, stream=stream,
+               strategy=strategy, evaluator=evaluator)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def execute(run: Run, run_dir: Path) -> dict:
+    """Train on the stream and evaluate after every experience; returns the result dict."""
+    cfg, stream, strategy = run.cfg, run.stream, run.strategy
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    t_start = time.perf_counter()
+    train_s = eval_s = 0.0
+    for lg in run.loggers:
+        lg.start(run)
+
+    def on_step(_strategy, loss):
+        for lg in run.loggers:
+            lg.train_step(run, loss)
+    strategy.step_callback = on_step
+
+    t0 = time.perf_counter()
+    initial = run.evaluator.evaluate(strategy)
+    _sync(run.device)
+    eval_s += time.perf_counter() - t0
+    for lg in run.loggers:
+        lg.log_row(run, -1, initial)
+
+    rows, rows_masked, per_class = [], [], []
+    batch_size = int(cfg["train"]["batch_size"])
+    for exp in stream:
+        n_steps = exp.train.n_batches(batch_size) * int(cfg["train"]["epochs"])
+        for lg in run.loggers:
+            lg.experience_start(run, exp, n_steps)
+        t0 = time.perf_counter()
+        strategy.train(exp)
+        _sync(run.device)
+        train_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        row = run.evaluator.evaluate(strategy)
+        _sync(run.device)
+        eval_s += time.perf_counter() - t0
+        rows.append(row.acc), rows_masked.append(row.acc_task_masked), per_class.append(row.per_class)
+        for lg in run.loggers:
+            lg.experience_end(run, exp)
+            lg.log_row(run, exp.index, row)
+
+    learned = stream.learned_rows()
+    metrics = M.compute_all(rows, initial.acc, learned)
+    if stream.setting == "class-il":
+        metrics["acc_task_masked"] = M.acc(rows_masked, learned)  # task-IL accuracy of the same model
+    total_s = time.perf_counter() - t_start
+    memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if run.device.type == "cuda":
+        memory["peak_cuda_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "config": cfg,
+        "config_hash": run.cfg_hash,
+        "seed": int(cfg["seed"]),
+        "stream_seed": int(cfg["stream_seed"]),
+        "stream": stream.describe(),
+        "accuracy_matrix": rows,
+        "initial_accuracy": initial.acc,
+        "metrics": metrics,
+        "task_masked_accuracy_matrix": rows_masked,
+        "initial_task_masked_accuracy": initial.acc_task_masked,
+        "per_class_accuracy": [{str(c): a for c, a in pc.items()} for pc in per_class],
+        "strategy_state": strategy.extra_state(),
+        "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s},
+        "memory": memory,
+        "env": environment(run.device),
+    }
+
+
+def run(cfg_or_overrides=None, loggers: Optional[list[Logger]] = None, overwrite: bool = False,
+        console: bool = True) -> tuple[dict, Path]:
+    """Run one experiment end to end. Returns (result, run folder).
+
+    `cfg_or_overrides`: a resolved config dict, or a list of `key=value` overrides.
+    """
+    cfg = cfg_or_overrides if isinstance(cfg_or_overrides, dict) else compose(cfg_or_overrides or [])
+    r = prepare(cfg)
+    run_id = r.run_id
+    if not overwrite:  # a repeated `clbench run` gets a fresh folder; sweeps pass overwrite and skip instead
+        k = 1
+        while (Path(cfg["out"]) / run_id).exists():
+            k += 1
+            run_id = f"{r.run_id}_r{k}"
+        r.run_id = run_id
+    rd = RunDir(cfg["out"], r.run_id, overwrite=overwrite)
+    r.loggers = list(loggers) if loggers is not None else []
+    if loggers is None:
+        if console:
+            r.loggers.append(ConsoleLogger(progress=bool(cfg.get("progress", True))))
+        if cfg["wandb"]["mode"] != "disabled":
+            r.loggers.append(WandbLogger(cfg, rd.work, r.run_id, r.cfg_hash))
+    failed = True
+    try:
+        result = execute(r, rd.work)
+        for lg in r.loggers:
+            lg.finish(r, result)
+        failed = False
+    finally:
+        for lg in r.loggers:
+            lg.close(failed=failed)
+        if failed:
+            rd.discard()
+    result["wandb_dir"] = wandb_run_dir(rd.work)
+    write_json_atomic(rd.work / "result.json", result)
+    return result, rd.commit()

@@ -1,0 +1,177 @@
+"""Loggers: console progress and tables, and Weights & Biases. result.json is written by the engine;
+loggers are sinks and a failing sink never loses the local result."""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Optional
+
+from clbench.metrics import direction
+
+
+class Logger:
+    def start(self, run) -> None: ...
+    def experience_start(self, run, exp, n_steps: int) -> None: ...
+    def train_step(self, run, loss: float) -> None: ...
+    def experience_end(self, run, exp) -> None: ...
+    def log_row(self, run, row_index: int, row) -> None: ...     # row_index -1: before training
+    def finish(self, run, result: dict) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
+
+
+def fmt_pct(v) -> str:
+    return "   -  " if v is None else f"{100 * v:6.2f}"
+
+
+def format_matrix(R, initial, learned_at=None) -> str:
+    n_tasks = len(initial)
+    head = "            " + "".join(f"  T{j:<4d}" for j in range(n_tasks))
+    lines = ["Accuracy matrix R (%): row = after training experience i, column = evaluation task j", head,
+             "  init      " + "".join(f"{fmt_pct(v)} " for v in initial)]
+    for i, row in enumerate(R):
+        lines.append(f"  exp {i:<5d} " + "".join(f"{fmt_pct(v)} " for v in row))
+    return "\n".join(lines)
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = ["Metrics (% ; + higher is better, - lower is better; definitions in docs/metrics.md)"]
+    for name, v in metrics.items():
+        if isinstance(v, (int, float)) or v is None:
+            lines.append(f"  {name:<26s} ({direction(name)}) {fmt_pct(v)}")
+    return "\n".join(lines)
+
+
+class ConsoleLogger(Logger):
+    """A progress bar per experience (on stderr), then R and the metrics (on stdout)."""
+
+    def __init__(self, progress: bool = True, stream=None):
+        self.progress = progress
+        self.out = stream or sys.stdout
+        self.bar = None
+
+    def start(self, run) -> None:
+        cfg = run.cfg
+        print(f"clbench run {run.run_id}: benchmark={cfg['benchmark']['name']} strategy={cfg['strategy']['name']} "
+              f"seed={cfg['seed']} stream_seed={cfg['stream_seed']} device={run.device}", file=self.out, flush=True)
+
+    def experience_start(self, run, exp, n_steps: int) -> None:
+        if self.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=n_steps, desc=f"exp {exp.index + 1}/{len(run.stream)} ({exp.kind})",
+                            leave=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+    def train_step(self, run, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log_row(self, run, row_index: int, row) -> None:
+        if self.bar is not None:
+            seen = [a for a, l in zip(row.acc, run.stream.learned_rows()) if l <= row_index] or [0.0]
+            self.bar.set_postfix(acc_seen=f"{100 * sum(seen) / len(seen):.1f}%")
+            self.bar.close()
+            self.bar = None
+
+    def finish(self, run, result: dict) -> None:
+        print(format_matrix(result["accuracy_matrix"], result["initial_accuracy"]), file=self.out)
+        print(format_metrics(result["metrics"]), file=self.out)
+        t = result["timing"]
+        print(f"Time: total {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s)",
+              file=self.out, flush=True)
+
+    def close(self, failed: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class WandbLogger(Logger):
+    """One W&B run per clbench run. The mode is fixed before the first init; any W&B failure becomes a
+    warning and logging continues locally."""
+
+    def __init__(self, cfg: dict, run_dir, run_id: str, cfg_hash: str):
+        self.cfg, self.dir, self.run_id, self.cfg_hash = cfg, run_dir, run_id, cfg_hash
+        self.run = None
+        self.step = 0
+
+    def _safely(self, what: str, fn) -> None:
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:  # W&B is a sink: warn, stop using it, keep the local result
+            warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing without W&B. "
+                          f"Local results are unaffected.")
+            self.run = None
+
+    def start(self, run) -> None:
+        w = self.cfg["wandb"]
+        try:
+            import wandb
+            bench, strat = self.cfg["benchmark"]["name"], self.cfg["strategy"]["name"]
+            self.run = wandb.init(
+                mode=w["mode"], project=w["project"], entity=w["entity"], dir=str(self.dir),
+                group=w["group"] or f"{bench}/{strat}/{self.cfg_hash[:8]}",
+                job_type=w["job_type"], name=w["name"] or self.run_id, tags=[bench, strat, *w["tags"]],
+                config={**self.cfg, "config_hash": self.cfg_hash, "run_id": self.run_id},
+                reinit="create_new", settings=wandb.Settings(init_timeout=120, console="off", silent=True,
+                                                             x_disable_stats=True),
+            )
+            # Per-experience values have their own x-axis; training losses have theirs.
+            self.run.define_metric("experience")
+            self.run.define_metric("eval/*", step_metric="experience")
+            self.run.define_metric("train/step")
+            self.run.define_metric("train/*", step_metric="train/step")
+        except Exception as e:
+            warnings.warn(f"W&B init failed ({type(e).__name__}: {e}); continuing without W&B. "
+                          f"Local results are unaffected.")
+            self.run = None
+
+    def train_step(self, run, loss: float) -> None:
+        self.step += 1
+        if self.step % 50 == 0:
+            self._safely("log", lambda: self.run.log({"train/loss": float(loss), "train/step": self.step}))
+
+    def log_row(self, run, row_index: int, row) -> None:
+        learned = run.stream.learned_rows()
+        seen = [a for a, l in zip(row.acc, learned) if l <= row_index]
+        data = {"experience": row_index + 1}
+        data.update({f"eval/acc_task{j}": a for j, a in enumerate(row.acc)})
+        if seen:
+            data["eval/acc_seen"] = sum(seen) / len(seen)
+        data["eval/acc_all"] = sum(row.acc) / len(row.acc)
+        self._safely("log", lambda: self.run.log(data))
+
+    def finish(self, run, result: dict) -> None:
+        def _finish():
+            import wandb
+            for k, v in result["metrics"].items():
+                if isinstance(v, (int, float)) or v is None:
+                    self.run.summary[f"final/{k}"] = v
+            self.run.summary["config_hash"] = self.cfg_hash
+            self.run.summary["timing/total_s"] = result["timing"]["total_s"]
+            n = len(result["initial_accuracy"])
+            table = wandb.Table(columns=["after"] + [f"task{j}" for j in range(n)],
+                                data=[["init", *result["initial_accuracy"]]] +
+                                     [[f"exp{i}", *row] for i, row in enumerate(result["accuracy_matrix"])])
+            self.run.log({"accuracy_matrix": table})
+            from clbench.plots import heatmap_figure
+            fig = heatmap_figure(result)
+            self.run.log({"accuracy_matrix_heatmap": wandb.Image(fig)})
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+        self._safely("summary", _finish)
+
+    def close(self, failed: bool = False) -> None:
+        if self.run is not None:
+            run, self.run = self.run, None
+            try:
+                run.finish(exit_code=1 if failed else 0)
+            except Exception as e:
+                warnings.warn(f"W&B finish failed ({type(e).__name__}: {e}); local results are unaffected.")
+
+
+def wandb_run_dir(run_dir) -> Optional[str]:
+    """The offline W&B run folder inside a run folder, if any."""
+    from pathlib import Path
+    runs = sorted(Path(run_dir).glob("wandb/offline-run-*")) + sorted(Path(run_dir).glob("wandb/run-*"))
+    return str(runs[-1].relative_to(run_dir)) if runs else None

@@ -1,0 +1,128 @@
+"""result.json: the single source of truth of a run, written atomically.
+
+A run works in `<out>/.<run_id>.partial/` and is renamed to `<out>/<run_id>/` only once result.json
+is complete, so a folder named after a run id always holds a whole result; a crashed run leaves no
+half-written folder behind (sweeps use this to resume).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "seed", "stream", "accuracy_matrix",
+                 "initial_accuracy", "metrics", "timing", "env")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write then rename: readers see the old file or the whole new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_result(path) -> dict:
+    """A run's result.json (give the file or its run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "result.json"
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_complete(run_dir) -> bool:
+    """True when the folder holds a result.json with every required key."""
+    try:
+        r = load_result(run_dir)
+    except (OSError, ValueError):
+        return False
+    return all(k in r for k in REQUIRED_KEYS)
+
+
+def make_run_id(cfg: dict, cfg_hash: str) -> str:
+    """Deterministic: the same config and seed give the same run id (sweeps resume on it)."""
+    name = f"{cfg['benchmark']['name']}_{cfg['strategy']['name']}_s{cfg['seed']}_{cfg_hash[:8]}"
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", name)
+
+
+class RunDir:
+    """The working folder of one run; `commit()` publishes it under its final name."""
+
+    def __init__(self, out: str, run_id: str, overwrite: bool = False):
+        self.out = Path(out)
+        self.run_id = run_id
+        self.final = self.out / run_id
+        if self.final.exists() and not overwrite:
+            raise FileExistsError(str(self.final))
+        self.work = self.out / f".{run_id}.partial"
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+
+    def commit(self) -> Path:
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.work, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def git_commit() -> Optional[str]:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device) -> dict:
+    import numpy
+    import torch
+
+    import clbench
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "clbench": clbench.__version__,
+        "device": str(device),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "argv": sys.argv[1:],
+    }
+    if torch.cuda.is_available() and str(device).startswith("cuda"):
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env

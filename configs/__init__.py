@@ -1,0 +1,1 @@
+"""Configuration data (YAML only): benchmark protocols, strategy presets, sweep definitions."""

@@ -1,0 +1,9 @@
+"""Naive fine-tuning: train on each experience in turn with plain cross-entropy (the lower bound)."""
+from clbench.strategy import Strategy
+
+
+class Naive(Strategy):
+    """Fine-tuning on each experience, nothing against forgetting (lower bound)."""
+
+    description = "fine-tuning on each experience in turn; nothing against forgetting (lower bound)"
+    defaults: dict = {}

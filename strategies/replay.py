@@ -1,0 +1,48 @@
+"""Experience replay with a reservoir buffer.
+
+Chaudhry, Rohrbach, Elhoseiny, Ajanthan, Dokania, Torr, Ranzato (2019), "On Tiny Episodic Memories in
+Continual Learning", arXiv:1902.10486. As in the authors' code (facebookresearch/agem, ER): each step
+samples a memory batch, concatenates it with the current batch, takes one SGD step on the joint
+cross-entropy, then offers the current batch to the reservoir.
+"""
+import torch
+import torch.nn.functional as F
+
+from clbench.buffer import ReservoirBuffer
+from clbench.config import ConfigError
+from clbench.strategy import Strategy
+from clbench.stream import Batch
+
+
+class Replay(Strategy):
+    """Experience replay (ER, reservoir buffer, memory batch concatenated with the current batch)."""
+
+    description = "experience replay: reservoir buffer, memory batch concatenated with each minibatch"
+    defaults = {
+        "buffer_size": 200,        # samples kept in memory, over all tasks
+        "mem_batch_size": None,    # memory samples per step (None: same as train.batch_size)
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 0:
+            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 0, "
+                              f"got {self.hp.buffer_size!r}")
+        self.buffer = ReservoirBuffer(self.hp.buffer_size, self.device, self.generator)
+        self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        # 1. joint batch: current samples + a uniform sample of the memory
+        x, y, t = batch.x, batch.y, batch.t
+        if len(self.buffer) > 0:
+            mem = self.buffer.sample(self.mem_batch)
+            x, y, t = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([t, mem["t"]])
+        # 2. one cross-entropy over the joint batch
+        return F.cross_entropy(self.forward(x, t), y)
+
+    def after_step(self, batch: Batch) -> None:
+        # 3. reservoir update with the stream samples only
+        self.buffer.add(batch)
+
+    def extra_state(self) -> dict:
+        return {"buffer": self.buffer.state()}
