@@ -1,9 +1,19 @@
-"""Replay memory: a fixed-capacity reservoir of raw samples in their native dtype (uint8 images stay uint8).
+"""Replay memories that keep raw samples in their native dtype (uint8 images stay uint8).
 
-Reservoir sampling (Vitter's Algorithm R, as in Chaudhry et al. 2019 "On Tiny Episodic Memories"): the
-n-th sample of the stream (0-based) is stored if n < capacity, otherwise it replaces slot j with
-j ~ U{0..n} when j < capacity. After any number of insertions the buffer is a uniform sample of
-everything seen. Extra per-sample tensors (e.g. DER's logits at insertion) are stored alongside.
+Two insertion policies over one storage layout (a dict of tensors with `capacity` rows: x, y, t and
+any per-sample extras such as DER's logits at insertion):
+
+- `ReservoirBuffer`: Vitter's Algorithm R, as in Chaudhry et al. 2019 "On Tiny Episodic Memories". The
+  n-th sample of the stream (0-based) is stored if n < capacity, otherwise it replaces slot j with
+  j ~ U{0..n} when j < capacity. After any number of insertions the buffer is a uniform sample of
+  everything seen.
+- `ClassBalancedBuffer`: every class seen so far gets an equal share of the memory. A sample of a class
+  below its share is stored (evicting a random sample of the currently largest class when full); a
+  sample of a class at its share either replaces a random sample of its own class with probability
+  (stored_c / seen_c) -- class-balanced reservoir sampling, Chrysakis & Moens, ICML 2020 (CBRS) -- or
+  is dropped (`within_class="drop"`: GDumb's greedy sampler, Prabhu et al. ECCV 2020).
+
+Both report their footprint (`state()`) for result.json.
 """
 from __future__ import annotations
 
@@ -15,7 +25,9 @@ from torch import Tensor
 from clbench.stream import Batch
 
 
-class ReservoirBuffer:
+class _Storage:
+    """Fixed-capacity tensor storage; subclasses decide which slot each offered sample goes to."""
+
     def __init__(self, capacity: int, device: torch.device, generator: torch.Generator):
         if capacity < 0:
             raise ValueError(f"buffer capacity must be >= 0, got {capacity}")
@@ -32,6 +44,38 @@ class ReservoirBuffer:
     def _allocate(self, fields: dict[str, Tensor]) -> None:
         for name, v in fields.items():
             self.data[name] = torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype, device=self.device)
+
+    def _write(self, fields: dict[str, Tensor], pos: Tensor, slot: Tensor) -> None:
+        if not self.data:
+            self._allocate(fields)
+        if len(pos) == 0:
+            return
+        pos, slot = pos.to(fields["y"].device), slot.to(self.device)
+        for name, v in fields.items():
+            self.data[name][slot] = v[pos].detach().to(self.device, self.data[name].dtype)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+        """n stored samples drawn uniformly without replacement (all of them if fewer are stored)."""
+        g = generator or self.generator
+        idx = torch.randperm(self.size, generator=g)[:n].to(self.device)
+        return {name: v[idx] for name, v in self.data.items()}
+
+    def contents(self) -> dict[str, Tensor]:
+        """Every stored sample (views of the filled slots)."""
+        return {name: v[:self.size] for name, v in self.data.items()}
+
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.data.values())
+
+    def state(self) -> dict:
+        """Footprint for result.json."""
+        return {"policy": self.policy, "capacity": self.capacity, "size": self.size, "seen": self.seen,
+                "bytes": self.nbytes(),
+                "dtype": str(self.data["x"].dtype).replace("torch.", "") if self.data else None}
+
+
+class ReservoirBuffer(_Storage):
+    policy = "reservoir"
 
     def slots_for(self, n: int) -> tuple[Tensor, Tensor]:
         """Reservoir decisions for the next n stream samples: (positions in the batch, buffer slots).
@@ -55,27 +99,78 @@ class ReservoirBuffer:
             self.seen += len(batch.y)
             return
         fields = {"x": batch.x, "y": batch.y, "t": batch.t, **extras}
-        if not self.data:
-            self._allocate(fields)
         pos, slot = self.slots_for(len(batch.y))
         self.seen += len(batch.y)
-        if len(pos) == 0:
-            return
-        pos, slot = pos.to(self.device), slot.to(self.device)
-        for name, v in fields.items():
-            self.data[name][slot] = v[pos].detach().to(self.data[name].dtype)
+        self._write(fields, pos, slot)
         self.size = min(self.seen, self.capacity)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
-        """n stored samples drawn uniformly without replacement (all of them if fewer are stored)."""
-        g = generator or self.generator
-        idx = torch.randperm(self.size, generator=g)[:n].to(self.device)
-        return {name: v[idx] for name, v in self.data.items()}
 
-    def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for v in self.data.values())
+class ClassBalancedBuffer(_Storage):
+    """Equal memory share per seen class; `within_class` = "reservoir" (CBRS) or "drop" (GDumb)."""
+
+    def __init__(self, capacity: int, device: torch.device, generator: torch.Generator,
+                 within_class: str = "reservoir"):
+        super().__init__(capacity, device, generator)
+        if within_class not in ("reservoir", "drop"):
+            raise ValueError(f"within_class must be 'reservoir' or 'drop', got {within_class!r}")
+        self.within_class = within_class
+        self.policy = "class_balanced" if within_class == "reservoir" else "class_balanced_greedy"
+        self.labels = torch.full((self.capacity,), -1, dtype=torch.long)  # class of each slot (CPU)
+        self.seen_per_class: dict[int, int] = {}
+
+    def counts(self) -> dict[int, int]:
+        ids, n = torch.unique(self.labels[self.labels >= 0], return_counts=True)
+        return {int(c): int(k) for c, k in zip(ids.tolist(), n.tolist())}
+
+    def _slot_for(self, c: int) -> int:
+        """The slot for one sample of class c, or -1 to drop it (decided sequentially)."""
+        self.seen_per_class[c] = self.seen_per_class.get(c, 0) + 1
+        if self.size < self.capacity:                       # free slot
+            self.size += 1
+            return self.size - 1
+        stored = (self.labels == c)
+        n_c = int(stored.sum())
+        share = self.capacity // len(self.seen_per_class)
+        if n_c < share:                                     # class under its share: evict from the largest
+            counts = torch.bincount(self.labels, minlength=c + 1)
+            largest = (counts == counts.max()).nonzero().squeeze(1)
+            victim_cls = int(largest[torch.randint(len(largest), (1,), generator=self.generator)])
+            victims = (self.labels == victim_cls).nonzero().squeeze(1)
+            return int(victims[torch.randint(len(victims), (1,), generator=self.generator)])
+        if self.within_class == "drop":
+            return -1
+        # reservoir within the class: keep with probability n_c / seen_c, replacing one of its samples
+        if float(torch.rand(1, generator=self.generator, dtype=torch.float64)) * self.seen_per_class[c] < n_c:
+            own = stored.nonzero().squeeze(1)
+            return int(own[torch.randint(len(own), (1,), generator=self.generator)])
+        return -1
+
+    def add(self, batch: Batch, **extras: Tensor) -> None:
+        if self.capacity == 0:
+            self.seen += len(batch.y)
+            return
+        fields = {"x": batch.x, "y": batch.y, "t": batch.t, **extras}
+        last: dict[int, int] = {}                           # slot -> batch position (last writer wins)
+        for p, c in enumerate(batch.y.tolist()):
+            s = self._slot_for(int(c))
+            if s >= 0:
+                self.labels[s] = int(c)
+                last[s] = p
+        self.seen += len(batch.y)
+        slot = torch.tensor(list(last.keys()), dtype=torch.long)
+        pos = torch.tensor(list(last.values()), dtype=torch.long)
+        self._write(fields, pos, slot)
 
     def state(self) -> dict:
-        """Footprint for result.json."""
-        return {"capacity": self.capacity, "size": self.size, "seen": self.seen, "bytes": self.nbytes(),
-                "dtype": str(self.data["x"].dtype).replace("torch.", "") if self.data else None}
+        return {**super().state(), "per_class": {str(c): n for c, n in sorted(self.counts().items())}}
+
+
+BUFFERS = {"reservoir": ReservoirBuffer, "class_balanced": ClassBalancedBuffer}
+
+
+def make_buffer(kind: str, capacity: int, device: torch.device, generator: torch.Generator) -> _Storage:
+    """A buffer by name; the error lists the valid names."""
+    if kind not in BUFFERS:
+        from clbench.config import ConfigError
+        raise ConfigError(f"bad value for 'strategy.buffer': {kind!r}; valid choices: {', '.join(BUFFERS)}")
+    return BUFFERS[kind](capacity, device, generator)

@@ -52,8 +52,85 @@ def _add_list(sub):
     p.set_defaults(func=cmd_list)
 
 
+def cmd_sweep(args) -> int:
+    from clbench.sweep import format_report, parse_sweep_args, run_sweep
+    res = run_sweep(parse_sweep_args(args.overrides), argv=["sweep", *args.overrides])
+    print(format_report(res))
+    return 1 if res.failed else 0
+
+
+def _add_sweep(sub):
+    p = sub.add_parser("sweep", help="run the cartesian product of comma-separated overrides (resumable)",
+                       description="Run many experiments: key=a,b,c values are swept (cartesian product); "
+                                   "complete runs are skipped on a re-run. Sweep keys: executor=local|ray|submitit "
+                                   "workers=N threads=N name=NAME sweep=FILE ray.num_cpus=1 ray.num_gpus=0 "
+                                   "submitit.*. See docs/sweeps.md.")
+    p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
+                   help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2")
+    p.set_defaults(func=cmd_sweep)
+
+
 # Each entry adds one sub-command to the parser.
 COMMANDS = [_add_run, _add_list]
+COMMANDS.append(_add_sweep)
+
+
+def cmd_leaderboard(args) -> int:
+    from clbench.leaderboard.commands import run
+    return run(args)
+
+
+def _add_leaderboard(sub):
+    from clbench.leaderboard.commands import add_parser
+    add_parser(sub)
+    sub.choices["leaderboard"].set_defaults(func=cmd_leaderboard)
+
+
+COMMANDS.append(_add_leaderboard)
+
+
+def cmd_report(args) -> int:
+    from clbench.report import report
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics)
+    return 0
+
+
+def _add_report(sub):
+    p = sub.add_parser("report", help="mean ± std over seeds of every metric, as a table and PNG figures",
+                       description="Aggregate the runs under PATH (a run folder or a folder of runs, searched "
+                                   "recursively) by benchmark / strategy / config hash without seeds; print the "
+                                   "table and write report.csv, report.md and figures. See docs/metrics.md.")
+    p.add_argument("path", metavar="PATH", help="a run folder, or a folder holding run folders")
+    p.add_argument("--out", default=None, help="where to write the report (default: PATH/report)")
+    p.add_argument("--metrics", default=None, help="comma-separated metrics for the table and chart (default: main ones)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_sync(args) -> int:
+    from clbench.sync import SyncError, sync
+    try:
+        return sync(args.path, dry_run=args.dry_run, project=args.project, entity=args.entity,
+                    include_synced=args.include_synced)
+    except SyncError as e:
+        print(f"clbench: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _add_sync(sub):
+    p = sub.add_parser("sync", help="upload the offline W&B runs kept in run folders (wraps `wandb sync`)",
+                       description="Find offline W&B runs (<run folder>/wandb/offline-run-*) under PATH and upload "
+                                   "them with `wandb sync`. Needs network access to the W&B server.")
+    p.add_argument("path", metavar="PATH", nargs="?", default="runs", help="a run folder or folder of runs (default: runs)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and print the command, upload nothing")
+    p.add_argument("--project", default=None, help="upload into this W&B project")
+    p.add_argument("--entity", default=None, help="upload into this W&B entity")
+    p.add_argument("--include-synced", action="store_true", help="also re-upload runs already synced")
+    p.set_defaults(func=cmd_sync)
+
+
+COMMANDS += [_add_report, _add_sync]
 
 
 def build_parser() -> argparse.ArgumentParser:

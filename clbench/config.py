@@ -149,7 +149,8 @@ def compose(overrides: Iterable[str] = ()) -> dict:
     cfg["benchmark"] = {"name": bench.get("name", names["benchmark"]), "version": bench.get("version", 1),
                         "description": bench.get("description", "")}
     for section in ("dataset", "scenario", "model", "train", "eval"):
-        cfg[section] = copy.deepcopy(bench.get(section, {}) or {})
+        # defaults.yaml may give a section's defaults (e.g. eval.every_steps); the benchmark overrides them
+        cfg[section] = _merge(defaults.get(section, {}) or {}, bench.get(section, {}) or {})
 
     strategy_over = {k[len("strategy."):]: v for k, v, _ in parsed if k.startswith("strategy.")}
     cfg["strategy"] = {"name": names["strategy"], **strategy_defaults(names["strategy"], strategy_over)}
@@ -208,3 +209,12 @@ def config_hash(cfg: dict) -> str:
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
     blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+SEED_KEYS = ("seed", "stream_seed")
+
+
+def group_hash(cfg: dict) -> str:
+    """The config hash without the seeds: runs that differ only in seed share it (they are repeats of
+    one configuration), so reports and W&B groups aggregate them as mean +- std."""
+    return config_hash({k: v for k, v in cfg.items() if k not in SEED_KEYS})

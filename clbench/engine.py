@@ -25,7 +25,7 @@ import torch
 from clbench import metrics as M
 from clbench.config import ConfigError, compose, config_hash
 from clbench.data import load_dataset
-from clbench.evaluator import Evaluator
+from clbench.evaluator import AnytimeEvaluator, Evaluator, load_reference
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
 from clbench.registry import SCENARIOS, STRATEGIES
@@ -71,6 +71,11 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     stream = scenario.build(dataset, int(cfg["stream_seed"]))
     stream.name = sc["name"]
     stream.dataset = dataset
+    # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
+    for key, value in (stream.description.get("train_requirements") or {}).items():
+        if cfg["train"].get(key) != value:
+            raise ConfigError(f"bad value for 'train.{key}': scenario '{sc['name']}' with these options requires "
+                              f"train.{key}={value}, got {cfg['train'].get(key)!r}")
     return stream
 
 
@@ -101,6 +106,7 @@ class Run:
     strategy: Strategy
     evaluator: Evaluator
     loggers: list[Logger] = field(default_factory=list)
+    reference: Optional[dict] = None   # joint-training reference (eval.reference) for intransigence
 
 
 def prepare(cfg: dict) -> Run:
@@ -111,8 +117,13 @@ def prepare(cfg: dict) -> Run:
     stream = build_stream(cfg, device)
     strategy = build_strategy(cfg, stream, device)
     evaluator = Evaluator(stream, batch_size=int(cfg["eval"].get("batch_size", 1000)))
+    every = cfg["eval"].get("every_steps") or 0
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"bad value for 'eval.every_steps': expected an integer >= 0 (0: off), got {every!r}")
+    ref = cfg["eval"].get("reference")
+    reference = load_reference(ref, stream, cfg) if ref else None
     return Run(cfg=cfg, cfg_hash=h, run_id=make_run_id(cfg, h), device=device, stream=stream,
-               strategy=strategy, evaluator=evaluator)
+               strategy=strategy, evaluator=evaluator, reference=reference)
 
 
 def _sync(device: torch.device) -> None:
@@ -130,9 +141,17 @@ def execute(run: Run, run_dir: Path) -> dict:
     for lg in run.loggers:
         lg.start(run)
 
+    every = int(cfg["eval"].get("every_steps") or 0)
+    anytime = AnytimeEvaluator(run.evaluator, every, stream.learned_rows()) if every > 0 else None
+
     def on_step(_strategy, loss):
         for lg in run.loggers:
             lg.train_step(run, loss)
+        if anytime is not None:
+            point = anytime.after_step(_strategy)
+            if point is not None:
+                for lg in run.loggers:
+                    getattr(lg, "log_anytime", lambda *a: None)(run, point)
     strategy.step_callback = on_step
 
     t0 = time.perf_counter()
@@ -141,6 +160,8 @@ def execute(run: Run, run_dir: Path) -> dict:
     eval_s += time.perf_counter() - t0
     for lg in run.loggers:
         lg.log_row(run, -1, initial)
+    if anytime is not None:
+        anytime.add_row(-1, initial.acc)
 
     rows, rows_masked, per_class = [], [], []
     batch_size = int(cfg["train"]["batch_size"])
@@ -148,23 +169,39 @@ def execute(run: Run, run_dir: Path) -> dict:
         n_steps = exp.train.n_batches(batch_size) * int(cfg["train"]["epochs"])
         for lg in run.loggers:
             lg.experience_start(run, exp, n_steps)
+        if anytime is not None:
+            anytime.start_experience(exp.index)
         t0 = time.perf_counter()
         strategy.train(exp)
         _sync(run.device)
         train_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         row = run.evaluator.evaluate(strategy)
+        if hasattr(strategy, "after_evaluation"):  # optional: score extra models (e.g. CLS-ER's three)
+            strategy.after_evaluation(run.evaluator)
         _sync(run.device)
         eval_s += time.perf_counter() - t0
         rows.append(row.acc), rows_masked.append(row.acc_task_masked), per_class.append(row.per_class)
+        if anytime is not None:
+            anytime.add_row(exp.index, row.acc)
         for lg in run.loggers:
             lg.experience_end(run, exp)
             lg.log_row(run, exp.index, row)
 
     learned = stream.learned_rows()
-    metrics = M.compute_all(rows, initial.acc, learned)
+    reference = run.reference
+    metrics = M.compute_all(rows, initial.acc, learned, reference=reference and reference["accuracy"],
+                            task_sizes=initial.n)
     if stream.setting == "class-il":
         metrics["acc_task_masked"] = M.acc(rows_masked, learned)  # task-IL accuracy of the same model
+    extra = {}
+    if anytime is not None:  # anytime evaluation ran inside training: count it as evaluation time
+        extra["anytime"] = anytime.result()
+        metrics["anytime_acc_auc"] = extra["anytime"]["auc"]
+        train_s -= anytime.eval_s
+        eval_s += anytime.eval_s
+    if reference is not None:
+        extra["reference"] = reference
     total_s = time.perf_counter() - t_start
     memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if run.device.type == "cuda":
@@ -187,6 +224,7 @@ def execute(run: Run, run_dir: Path) -> dict:
         "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s},
         "memory": memory,
         "env": environment(run.device),
+        **extra,   # "anytime" (eval.every_steps > 0), "reference" (eval.reference given)
     }
 
 

@@ -15,6 +15,7 @@ class Logger:
     def train_step(self, run, loss: float) -> None: ...
     def experience_end(self, run, exp) -> None: ...
     def log_row(self, run, row_index: int, row) -> None: ...     # row_index -1: before training
+    def log_anytime(self, run, point: dict) -> None: ...         # eval.every_steps > 0
     def finish(self, run, result: dict) -> None: ...
     def close(self, failed: bool = False) -> None: ...
 
@@ -85,13 +86,39 @@ class ConsoleLogger(Logger):
 
 
 class WandbLogger(Logger):
-    """One W&B run per clbench run. The mode is fixed before the first init; any W&B failure becomes a
-    warning and logging continues locally."""
+    """One W&B run per clbench run (a sink: result.json stays the source of truth).
+
+    - The mode (offline, online; `disabled` means no logger at all) comes from the config and is passed
+      to the one `wandb.init` call; there is no fallback init in another mode (a failed online init
+      followed by an offline one can hang, wandb#9865).
+    - `reinit="create_new"` and `finish()` at the end: several clbench runs in one process (sweeps,
+      notebooks) each get their own W&B run, never merged into one.
+    - Names for aggregation in the UI: group = <benchmark>/<strategy>/<config hash without seeds>, so the
+      seeds of one configuration form one group (mean +- spread); job_type from the config ("run"); name =
+      the run id; tags = benchmark, strategy, scenario, setting.
+    - History: `eval/*` per experience against their own step metric `experience` (0 = before training),
+      `train/*` against `train/step`, `anytime/*` against `anytime/step`: no monotonic-step collisions.
+    - Summary: every final metric as `final/<name>`, the config hash, timing; R as a wandb.Table (wide and
+      long format) and as a heatmap image.
+    - Any W&B failure becomes a warning; the run is finished if it can be, and the local result is kept.
+    """
 
     def __init__(self, cfg: dict, run_dir, run_id: str, cfg_hash: str):
+        from clbench.config import group_hash
         self.cfg, self.dir, self.run_id, self.cfg_hash = cfg, run_dir, run_id, cfg_hash
+        self.group_hash = group_hash(cfg)
         self.run = None
         self.step = 0
+
+    def _failed(self, what: str, e: Exception) -> None:
+        warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing without W&B. "
+                      f"Local results are unaffected.")
+        run, self.run = self.run, None
+        if run is not None:  # do not leave a half-open run behind in this process
+            try:
+                run.finish(exit_code=1)
+            except Exception:
+                pass
 
     def _safely(self, what: str, fn) -> None:
         if self.run is None:
@@ -99,32 +126,39 @@ class WandbLogger(Logger):
         try:
             fn()
         except Exception as e:  # W&B is a sink: warn, stop using it, keep the local result
-            warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing without W&B. "
-                          f"Local results are unaffected.")
-            self.run = None
+            self._failed(what, e)
+
+    def init_kwargs(self, run=None) -> dict:
+        """The arguments of the one wandb.init call (also what tests and `clbench sync` rely on)."""
+        w, cfg = self.cfg["wandb"], self.cfg
+        bench, strat = cfg["benchmark"]["name"], cfg["strategy"]["name"]
+        tags = [bench, strat, cfg.get("scenario", {}).get("name")]
+        if run is not None:
+            tags.append(run.stream.setting)
+        tags += list(w.get("tags") or [])
+        return dict(
+            mode=w["mode"], project=w["project"], entity=w["entity"], dir=str(self.dir),
+            group=w["group"] or f"{bench}/{strat}/{self.group_hash[:8]}",
+            job_type=w["job_type"], name=w["name"] or self.run_id,
+            tags=list(dict.fromkeys(str(t)[:64] for t in tags if t)),
+            config={**cfg, "config_hash": self.cfg_hash, "group_hash": self.group_hash, "run_id": self.run_id},
+            reinit="create_new")
 
     def start(self, run) -> None:
-        w = self.cfg["wandb"]
         try:
             import wandb
-            bench, strat = self.cfg["benchmark"]["name"], self.cfg["strategy"]["name"]
-            self.run = wandb.init(
-                mode=w["mode"], project=w["project"], entity=w["entity"], dir=str(self.dir),
-                group=w["group"] or f"{bench}/{strat}/{self.cfg_hash[:8]}",
-                job_type=w["job_type"], name=w["name"] or self.run_id, tags=[bench, strat, *w["tags"]],
-                config={**self.cfg, "config_hash": self.cfg_hash, "run_id": self.run_id},
-                reinit="create_new", settings=wandb.Settings(init_timeout=120, console="off", silent=True,
-                                                             x_disable_stats=True),
-            )
-            # Per-experience values have their own x-axis; training losses have theirs.
+            self.run = wandb.init(**self.init_kwargs(run),
+                                  settings=wandb.Settings(init_timeout=120, console="off", silent=True,
+                                                          x_disable_stats=True))
+            # Per-experience values have their own x-axis; training losses and anytime curves have theirs.
             self.run.define_metric("experience")
             self.run.define_metric("eval/*", step_metric="experience")
             self.run.define_metric("train/step")
             self.run.define_metric("train/*", step_metric="train/step")
+            self.run.define_metric("anytime/step")
+            self.run.define_metric("anytime/*", step_metric="anytime/step")
         except Exception as e:
-            warnings.warn(f"W&B init failed ({type(e).__name__}: {e}); continuing without W&B. "
-                          f"Local results are unaffected.")
-            self.run = None
+            self._failed("init", e)
 
     def train_step(self, run, loss: float) -> None:
         self.step += 1
@@ -141,6 +175,13 @@ class WandbLogger(Logger):
         data["eval/acc_all"] = sum(row.acc) / len(row.acc)
         self._safely("log", lambda: self.run.log(data))
 
+    def log_anytime(self, run, point: dict) -> None:
+        data = {"anytime/step": point["step"], "anytime/experience": point["experience"]}
+        data.update({f"anytime/acc_task{j}": a for j, a in enumerate(point["accuracy"])})
+        if point.get("acc_seen") is not None:
+            data["anytime/acc_seen"] = point["acc_seen"]
+        self._safely("log", lambda: self.run.log(data))
+
     def finish(self, run, result: dict) -> None:
         def _finish():
             import wandb
@@ -148,12 +189,16 @@ class WandbLogger(Logger):
                 if isinstance(v, (int, float)) or v is None:
                     self.run.summary[f"final/{k}"] = v
             self.run.summary["config_hash"] = self.cfg_hash
+            self.run.summary["group_hash"] = self.group_hash
             self.run.summary["timing/total_s"] = result["timing"]["total_s"]
             n = len(result["initial_accuracy"])
-            table = wandb.Table(columns=["after"] + [f"task{j}" for j in range(n)],
-                                data=[["init", *result["initial_accuracy"]]] +
-                                     [[f"exp{i}", *row] for i, row in enumerate(result["accuracy_matrix"])])
-            self.run.log({"accuracy_matrix": table})
+            rows = [("init", result["initial_accuracy"])] + \
+                   [(f"exp{i}", row) for i, row in enumerate(result["accuracy_matrix"])]
+            wide = wandb.Table(columns=["after"] + [f"task{j}" for j in range(n)],
+                               data=[[name, *row] for name, row in rows])
+            long = wandb.Table(columns=["after_experience", "task", "accuracy"],
+                               data=[[i - 1, j, a] for i, (_, row) in enumerate(rows) for j, a in enumerate(row)])
+            self.run.log({"accuracy_matrix": wide, "accuracy_matrix_long": long})
             from clbench.plots import heatmap_figure
             fig = heatmap_figure(result)
             self.run.log({"accuracy_matrix_heatmap": wandb.Image(fig)})

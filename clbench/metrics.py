@@ -92,12 +92,20 @@ def acc_over_time(R, learned_at=None) -> float:
     return float(np.mean([R[i, j] for i in range(R.shape[0]) for j in range(R.shape[1]) if L[j] <= i]))
 
 
-def avg_incremental_acc(R, learned_at=None) -> float:
-    """(+) Average incremental accuracy (iCaRL, task-weighted): mean over rows i of the mean accuracy on
-    the tasks learned so far, mean_{j: L[j] <= i} R[i][j]."""
+def avg_incremental_acc(R, learned_at=None, task_sizes: Optional[Sequence[int]] = None) -> float:
+    """(+) Average incremental accuracy (Rebuffi et al. 2017, iCaRL): mean over rows i of the accuracy on
+    all test data of the tasks learned so far (L[j] <= i). With `task_sizes` (test samples per task) each
+    row is the sample-weighted pooled accuracy, exactly iCaRL's / continuum's definition; without it the
+    tasks weigh equally (identical when the tasks have equal test sets)."""
     R, L, _ = _prep(R, learned_at)
-    rows = [np.mean([R[i, j] for j in range(R.shape[1]) if L[j] <= i]) for i in range(R.shape[0])
-            if (L <= i).any()]
+    w = np.ones(R.shape[1]) if task_sizes is None else np.asarray(task_sizes, dtype=np.float64)
+    if w.shape != (R.shape[1],):
+        raise ValueError(f"task_sizes must have {R.shape[1]} entries, got shape {w.shape}")
+    rows = []
+    for i in range(R.shape[0]):
+        seen = L <= i
+        if seen.any():
+            rows.append(float((R[i, seen] * w[seen]).sum() / w[seen].sum()))
     return float(np.mean(rows))
 
 
@@ -121,8 +129,8 @@ def bwt_plus(R, learned_at=None) -> Optional[float]:
 
 
 def intransigence(R, reference: Sequence[float], learned_at=None) -> float:
-    """(-) Intransigence (Chaudhry et al. 2018): mean_j a*[j] - R[L[j]][j], with a*[j] the accuracy on task j
-    of a reference model trained jointly on tasks 0..j (from a joint-training run)."""
+    """(-) Intransigence (Chaudhry et al. 2018, RWalk): mean_j a*[j] - R[L[j]][j], with a*[j] the accuracy
+    on task j of a reference model trained jointly on the data of tasks 0..j (see `reference_accuracy`)."""
     R, L, _ = _prep(R, learned_at)
     a = np.asarray(reference, dtype=np.float64)
     if a.shape != (R.shape[1],):
@@ -130,32 +138,95 @@ def intransigence(R, reference: Sequence[float], learned_at=None) -> float:
     return float(np.mean([a[j] - R[L[j], j] for j in range(R.shape[1])]))
 
 
-# name -> (function of (R, initial, learned_at), direction). The order is the display order.
-METRICS: dict[str, tuple[Callable, str]] = {
-    "acc": (lambda R, b, L: acc(R, L), "+"),
-    "bwt": (lambda R, b, L: bwt(R, L), "+"),
-    "fwt": (lambda R, b, L: fwt(R, b, L), "+"),
-    "forgetting": (lambda R, b, L: forgetting(R, L), "-"),
-    "forgetting_first": (lambda R, b, L: forgetting_first(R, L), "-"),
-    "forgetting_max_incl_last": (lambda R, b, L: forgetting_max_incl_last(R, L), "-"),
-    "learning_accuracy": (lambda R, b, L: learning_accuracy(R, L), "+"),
-    "acc_over_time": (lambda R, b, L: acc_over_time(R, L), "+"),
-    "avg_incremental_acc": (lambda R, b, L: avg_incremental_acc(R, L), "+"),
-    "bwt_all_pairs": (lambda R, b, L: bwt_all_pairs(R, L), "+"),
-    "rem": (lambda R, b, L: rem(R, L), "+"),
-    "bwt_plus": (lambda R, b, L: bwt_plus(R, L), "+"),
+def reference_accuracy(ref_R, ref_learned_at=None, final_row_only: bool = False) -> tuple[list[float], str]:
+    """a*[j] for intransigence, from the accuracy matrix of a joint-training reference run.
+
+    - "prefix-joint": a reference whose row k was trained on the data of tasks 0..k (`joint` with
+      `strategy.every_experience=true`, re-initialised each time: Chaudhry's a* exactly; or `cumulative`,
+      which continues from the previous model) gives a*[j] = its R[L[j]][j].
+    - "final-joint": a reference trained once on all tasks (`joint`'s default trains at the last
+      experience only; or a one-row matrix) gives the usual cheaper approximation a*[j] = its final
+      accuracy on task j.
+    """
+    R = np.asarray(ref_R, dtype=np.float64)
+    if R.ndim == 2 and R.shape[0] >= 1 and (R.shape[0] == 1 or final_row_only):
+        return [float(v) for v in R[-1]], "final-joint"
+    R, L, _ = _prep(R, ref_learned_at)
+    return [float(R[L[j], j]) for j in range(R.shape[1])], "prefix-joint"
+
+
+def anytime_auc(acc_seen_curve: Sequence[float]) -> Optional[float]:
+    """(+) Area under the anytime accuracy curve (Koh et al. 2022, i-Blurry A_AUC), normalised as in their
+    code: the mean, over evaluation points taken every N training steps, of the accuracy on the tasks seen
+    so far. Evaluation points are equally spaced in steps, so this is the area divided by its length."""
+    values = [float(v) for v in acc_seen_curve if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def learned_at_from_experiences(experiences: Sequence[dict], n_tasks: int) -> list[int]:
+    """The "just learned" row of each task from a stream description's experiences (result.json
+    `stream.experiences`): the first experience of kind "new" whose primary task id (task_ids[0]) is j,
+    else the first experience that contains task j at all. Power-law rehearsal phases (kind "rehearsal")
+    never count as learning a task: task j is "just learned" right after the experience introducing it."""
+    out = []
+    for j in range(n_tasks):
+        rows = [e["index"] for e in experiences if e.get("kind", "new") == "new" and e["task_ids"][0] == j]
+        rows = rows or [e["index"] for e in experiences if j in e["task_ids"]]
+        if not rows:
+            raise ValueError(f"task {j} appears in no experience")
+        out.append(int(rows[0]))
+    return out
+
+
+# name -> (function of (R, initial, learned_at, task_sizes), direction, one-line definition).
+# The order is the display order; docs/metrics.md has the formulas and sources.
+METRICS: dict[str, tuple[Callable, str, str]] = {
+    "acc": (lambda R, b, L, n: acc(R, L), "+", "final average accuracy (GEM ACC)"),
+    "bwt": (lambda R, b, L, n: bwt(R, L), "+", "backward transfer (GEM paper, T-1 denominator)"),
+    "fwt": (lambda R, b, L, n: fwt(R, b, L), "+", "forward transfer (GEM, against the initial row)"),
+    "forgetting": (lambda R, b, L, n: forgetting(R, L), "-", "average forgetting, max-based (Chaudhry RWalk)"),
+    "forgetting_first": (lambda R, b, L, n: forgetting_first(R, L), "-",
+                         "forgetting as Avalanche: first-after-training minus last"),
+    "forgetting_max_incl_last": (lambda R, b, L, n: forgetting_max_incl_last(R, L), "-",
+                                 "forgetting as Mammoth/AML: max incl. last row minus last"),
+    "learning_accuracy": (lambda R, b, L, n: learning_accuracy(R, L), "+", "accuracy just after learning"),
+    "acc_over_time": (lambda R, b, L, n: acc_over_time(R, L), "+",
+                      "accuracy over time, lower triangle (Diaz-Rodriguez A)"),
+    "avg_incremental_acc": (lambda R, b, L, n: avg_incremental_acc(R, L, n), "+",
+                            "average incremental accuracy (iCaRL, sample-weighted)"),
+    "bwt_all_pairs": (lambda R, b, L, n: bwt_all_pairs(R, L), "+", "BWT over all pairs (Diaz-Rodriguez)"),
+    "rem": (lambda R, b, L, n: rem(R, L), "+", "remembering, 1 - |min(bwt_all_pairs, 0)|"),
+    "bwt_plus": (lambda R, b, L, n: bwt_plus(R, L), "+", "positive backward transfer, max(bwt_all_pairs, 0)"),
+}
+
+# Metrics computed outside compute_all (need more than R): direction and definition.
+EXTRA_METRICS: dict[str, tuple[str, str]] = {
+    "acc_task_masked": ("+", "final average task-IL accuracy (logits masked to the task's classes)"),
+    "intransigence": ("-", "intransigence against a joint-training reference (Chaudhry RWalk)"),
+    "anytime_acc_auc": ("+", "area under the anytime accuracy curve (i-Blurry A_AUC, normalised)"),
 }
 
 
-def compute_all(R, initial, learned_at=None, reference: Optional[Sequence[float]] = None) -> dict:
-    """Every metric from R, the initial row and (optionally) a joint-training reference."""
-    out = {name: fn(R, initial, learned_at) for name, (fn, _) in METRICS.items()}
+def compute_all(R, initial, learned_at=None, reference: Optional[Sequence[float]] = None,
+                task_sizes: Optional[Sequence[int]] = None) -> dict:
+    """Every metric from R, the initial row and (optionally) a joint-training reference a*."""
+    out = {name: fn(R, initial, learned_at, task_sizes) for name, (fn, _, _) in METRICS.items()}
     if reference is not None:
         out["intransigence"] = intransigence(R, reference, learned_at)
     return out
 
 
 def direction(name: str) -> str:
-    if name == "intransigence":
-        return "-"
-    return METRICS[name][1] if name in METRICS else "+"
+    """'+' (higher is better) or '-' (lower is better)."""
+    if name in METRICS:
+        return METRICS[name][1]
+    if name in EXTRA_METRICS:
+        return EXTRA_METRICS[name][0]
+    return "+"
+
+
+def describe(name: str) -> str:
+    """The one-line definition of a metric (empty when unknown)."""
+    if name in METRICS:
+        return METRICS[name][2]
+    return EXTRA_METRICS.get(name, ("", ""))[1]

@@ -48,6 +48,78 @@ class MLP(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
+class CNN(nn.Module):
+    """Small CNN (Zenke, Poole & Ganguli 2017, SI, split CIFAR): 2 x (conv-conv-pool), fc 512, classifier.
+
+    Each block has two 3x3 convs of `channels[i]` filters, max-pooling and dropout; then a `hidden`-unit
+    ReLU layer and a linear classifier. Convolutions are padded, so any input of at least 4x4 (MNIST 28x28,
+    CIFAR 32x32) works."""
+
+    def __init__(self, input_shape, n_classes: int, normalize: nn.Module, channels=(32, 64), hidden: int = 512,
+                 dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.normalize = normalize
+        c_in, h, w = input_shape
+        blocks: list[nn.Module] = []
+        for c in channels:
+            blocks += [nn.Conv2d(c_in, c, 3, padding=1, bias=bias), nn.ReLU(),
+                       nn.Conv2d(c, c, 3, padding=1, bias=bias), nn.ReLU(),
+                       nn.MaxPool2d(2), nn.Dropout(dropout / 2)]
+            c_in, h, w = c, h // 2, w // 2
+        self.features = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(c_in * h * w, hidden, bias=bias), nn.ReLU(),
+                                      nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden, n_classes, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): two 3x3 convs with batch norm, identity or 1x1 shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, track_running_stats: bool):
+        super().__init__()
+        bn = lambda c: nn.BatchNorm2d(c, track_running_stats=track_running_stats)  # noqa: E731
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = bn(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = bn(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), bn(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ReducedResNet18(nn.Module):
+    """Reduced ResNet-18 (GEM, Lopez-Paz & Ranzato 2017; ER, A-GEM, GPM): ResNet-18 with nf=20 filters.
+
+    The ResNet-18 layout [2, 2, 2, 2] with `nf` = 20 base filters (instead of 64), a 3x3 stride-1 stem
+    without max-pooling, global average pooling and one linear classifier over all classes. `nf=64` gives
+    the full-width ResNet-18 of mammoth (same code path). `track_running_stats=False` reproduces GPM's batch-statistics BN;
+    `first_stride=2` is the stem GPM uses on 84x84 miniImageNet."""
+
+    def __init__(self, input_shape, n_classes: int, normalize: nn.Module, nf: int = 20,
+                 track_running_stats: bool = True, first_stride: int = 1):
+        super().__init__()
+        self.normalize = normalize
+        stem = [nn.Conv2d(input_shape[0], nf, 3, stride=first_stride, padding=1, bias=False),
+                nn.BatchNorm2d(nf, track_running_stats=track_running_stats), nn.ReLU()]
+        blocks, c_in = [], nf
+        for i, stride in enumerate((1, 2, 2, 2)):
+            c_out = nf * 2 ** i
+            blocks += [BasicBlock(c_in, c_out, stride, track_running_stats),
+                       BasicBlock(c_out, c_out, 1, track_running_stats)]
+            c_in = c_out
+        self.features = nn.Sequential(*stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(c_in, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
 def build_model(cfg: dict, dataset) -> nn.Module:
     options = {k: v for k, v in cfg["model"].items() if k != "name"}
     cls = MODELS.get(cfg["model"]["name"])

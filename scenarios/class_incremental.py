@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 
 from clbench.config import ConfigError
+from clbench.scenarios.common import check_stream
 from clbench.stream import EvalTask, Experience, Stream, TensorSplit
 
 
@@ -76,7 +77,8 @@ class ClassIncremental:
         order, groups = class_groups(dataset.n_classes, self.n_experiences, self.class_order, seed,
                                      self.first_increment)
         experiences, eval_tasks = split_by_classes(dataset, groups, self.task_visible_at_test)
-        return Stream(name=type(self).__name__, experiences=experiences, eval_tasks=eval_tasks,
-                      n_classes=dataset.n_classes, input_shape=tuple(dataset.input_shape), setting=self.setting,
-                      description={"stream_seed": int(seed), "class_order": order,
-                                   "dataset": dataset.describe()})
+        stream = Stream(name=type(self).__name__, experiences=experiences, eval_tasks=eval_tasks,
+                        n_classes=dataset.n_classes, input_shape=tuple(dataset.input_shape), setting=self.setting,
+                        description={"stream_seed": int(seed), "class_order": order,
+                                     "dataset": dataset.describe()})
+        return check_stream(stream)  # task id visible at test exactly when the setting is task-IL

@@ -4,11 +4,14 @@ Chaudhry, Rohrbach, Elhoseiny, Ajanthan, Dokania, Torr, Ranzato (2019), "On Tiny
 Continual Learning", arXiv:1902.10486. As in the authors' code (facebookresearch/agem, ER): each step
 samples a memory batch, concatenates it with the current batch, takes one SGD step on the joint
 cross-entropy, then offers the current batch to the reservoir.
+
+`strategy.buffer=class_balanced` swaps the reservoir for a class-balanced memory (every seen class gets an
+equal share; class-balanced reservoir sampling, Chrysakis & Moens, ICML 2020), everything else unchanged.
 """
 import torch
 import torch.nn.functional as F
 
-from clbench.buffer import ReservoirBuffer
+from clbench.buffer import make_buffer
 from clbench.config import ConfigError
 from clbench.strategy import Strategy
 from clbench.stream import Batch
@@ -17,9 +20,10 @@ from clbench.stream import Batch
 class Replay(Strategy):
     """Experience replay (ER, reservoir buffer, memory batch concatenated with the current batch)."""
 
-    description = "experience replay: reservoir buffer, memory batch concatenated with each minibatch"
+    description = "experience replay: reservoir (or class-balanced) buffer, memory batch concatenated with each minibatch"
     defaults = {
         "buffer_size": 200,        # samples kept in memory, over all tasks
+        "buffer": "reservoir",     # insertion policy: reservoir (Chaudhry et al.) or class_balanced (CBRS)
         "mem_batch_size": None,    # memory samples per step (None: same as train.batch_size)
     }
 
@@ -28,7 +32,7 @@ class Replay(Strategy):
         if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 0:
             raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 0, "
                               f"got {self.hp.buffer_size!r}")
-        self.buffer = ReservoirBuffer(self.hp.buffer_size, self.device, self.generator)
+        self.buffer = make_buffer(self.hp.buffer, self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -41,7 +45,7 @@ class Replay(Strategy):
         return F.cross_entropy(self.forward(x, t), y)
 
     def after_step(self, batch: Batch) -> None:
-        # 3. reservoir update with the stream samples only
+        # 3. buffer update (reservoir or class-balanced) with the stream samples only
         self.buffer.add(batch)
 
     def extra_state(self) -> dict:

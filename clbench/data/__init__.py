@@ -6,11 +6,13 @@ raw tensors stay compact (uint8 images) everywhere, replay buffers included.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from clbench.config import ConfigError
 from clbench.registry import DATASETS
 
 
@@ -33,9 +35,12 @@ class TensorDataset:
         return self
 
     def describe(self) -> dict:
-        return {"name": self.name, "n_train": len(self.y_train), "n_test": len(self.y_test),
-                "n_classes": self.n_classes, "input_shape": list(self.input_shape),
-                "dtype": str(self.x_train.dtype).replace("torch.", "")}
+        d = {"name": self.name, "n_train": len(self.y_train), "n_test": len(self.y_test),
+             "n_classes": self.n_classes, "input_shape": list(self.input_shape),
+             "dtype": str(self.x_train.dtype).replace("torch.", "")}
+        if getattr(self, "subset", None):
+            d["subset"] = dict(self.subset)
+        return d
 
 
 def channel_stats(x: Tensor, scale: float) -> tuple[tuple, tuple]:
@@ -47,9 +52,46 @@ def channel_stats(x: Tensor, scale: float) -> tuple[tuple, tuple]:
     return tuple(xf.mean(dims).tolist()), tuple(xf.std(dims).tolist())
 
 
+def per_class_subset(y: Tensor, k: int) -> Tensor:
+    """Indices of the first k samples of every class, in file order (deterministic, seed-free)."""
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for c in torch.unique(y).tolist():
+        keep[(y == c).nonzero().squeeze(1)[:k]] = True
+    return keep.nonzero().squeeze(1)
+
+
+def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None) -> TensorDataset:
+    """Keep the first `train_per_class` / `test_per_class` samples of every class (fast runs, evidence).
+
+    Normalisation statistics are kept from the full dataset: a subset is the same benchmark, smaller.
+    """
+    for split, k in (("train", train_per_class), ("test", test_per_class)):
+        if k is None:
+            continue
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, got {k!r}")
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        idx = per_class_subset(y.cpu(), k).to(y.device)
+        setattr(ds, f"x_{split}", x[idx])
+        setattr(ds, f"y_{split}", y[idx])
+    if train_per_class is not None or test_per_class is not None:
+        ds.subset = {"train_per_class": train_per_class, "test_per_class": test_per_class}
+    return ds
+
+
 def load_dataset(cfg: dict, device: torch.device) -> TensorDataset:
-    """Build the dataset named in cfg['dataset'] (other keys are the loader's options)."""
+    """Build the dataset named in cfg['dataset'] (other keys are the loader's options).
+
+    `train_per_class` / `test_per_class` (any dataset) keep the first k samples of every class.
+    """
     options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
+    limits = {k: options.pop(k) for k in ("train_per_class", "test_per_class") if k in options}
     loader = DATASETS.get(cfg["dataset"]["name"])
+    try:
+        inspect.signature(loader).bind(root=None, download=False, **options)
+    except TypeError as e:
+        params = [p for p in inspect.signature(loader).parameters if p not in ("root", "download")]
+        raise ConfigError(f"bad 'dataset' options for '{cfg['dataset']['name']}': {e}. Valid options: "
+                          f"{', '.join(params + ['train_per_class', 'test_per_class'])}") from None
     ds = loader(root=cfg["data"]["root"], download=bool(cfg["data"]["download"]), **options)
-    return ds.to(device)
+    return limit_per_class(ds, **limits).to(device)

@@ -1,0 +1,125 @@
+"""Sweep executors on this machine: wall time of the same digits sweep run serially, on a 2-process
+pool, and through a local Ray instance; and whether they give identical results.
+
+    python benchmarks/sweep_speed.py [--repeats 3] [--seeds 5] [--epochs 10]
+
+Each measurement is a fresh `clbench sweep` process into an empty folder, timed end to end (Python
+start, config composition, worker start-up, the runs, the aggregate table): what a user waits for.
+The modes are interleaved (A B C D, A B C D, ...) so a busy spell of a shared machine hits them alike;
+the medians are reported with the spread, the load average and the summed in-run compute seconds
+(from the sweep manifest), which separate start-up overhead from the runs themselves.
+
+Writes benchmarks/results/sweep_speed.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLBENCH = [sys.executable, "-m", "clbench"]
+
+MODES = {
+    "local workers=1 (serial, all cores' threads)": ["executor=local", "workers=1"],
+    "local workers=1 threads=1": ["executor=local", "workers=1", "threads=1"],
+    "local workers=2 (1 thread each)": ["executor=local", "workers=2"],
+    "ray (local instance, 1 CPU per run)": ["executor=ray", "ray.num_cpus=1"],
+}
+
+
+def one(mode_args: list[str], grid: list[str], out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # Ray: start a local instance
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    p = subprocess.run([*CLBENCH, "sweep", *grid, *mode_args, f"out={out}"], env=env, capture_output=True,
+                       text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"sweep failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    manifest = json.loads((out / "sweep.json").read_text())
+    runs = manifest["runs"]
+    matrices = {}
+    for r in runs:
+        with open(out / r["run_id"] / "result.json") as f:
+            matrices[r["run_id"]] = json.load(f)["accuracy_matrix"]
+    return {"wall_s": wall, "run_s_sum": sum(r["seconds"] for r in runs), "n_runs": len(runs),
+            "load_before": load0, "load_after": os.getloadavg()[0], "matrices": matrices}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--modes", default=",".join(str(i) for i in range(len(MODES))),
+                    help="comma-separated indices into MODES (default: all)")
+    args = ap.parse_args()
+    grid = ["benchmark=split-digits", "strategy=naive,replay", f"seed=range({args.seeds})",
+            f"train.epochs={args.epochs}", "wandb.mode=disabled"]
+    names = [list(MODES)[int(i)] for i in args.modes.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="sweep_speed_"))
+    raw: dict[str, list[dict]] = {n: [] for n in names}
+    try:
+        for rep in range(args.repeats):
+            for i, name in enumerate(names):
+                out = tmp / f"r{rep}_m{i}"
+                m = one(MODES[name], grid, out)
+                raw[name].append(m)
+                print(f"repeat {rep} | {name:<46s} wall {m['wall_s']:6.1f}s  runs {m['run_s_sum']:6.1f}s  "
+                      f"load {m['load_before']:.1f}->{m['load_after']:.1f}", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # identical results: every mode and repeat against the first measurement
+    ref = raw[names[0]][0]["matrices"]
+    identical = {n: all(m["matrices"] == ref for m in ms) for n, ms in raw.items()}
+    summary = {}
+    base = statistics.median(m["wall_s"] for m in raw[names[0]])
+    for n, ms in raw.items():
+        walls = [m["wall_s"] for m in ms]
+        summary[n] = {
+            "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
+            "wall_s_all": [round(w, 2) for w in walls],
+            "run_s_sum_median": statistics.median(m["run_s_sum"] for m in ms),
+            "speedup_vs_first_mode": base / statistics.median(walls),
+            "load_avg_1min": [round(m["load_before"], 2) for m in ms],
+            "identical_results_to_first_mode": identical[n],
+        }
+    record = {
+        "protocol": {"grid": grid, "n_runs": raw[names[0]][0]["n_runs"], "repeats": args.repeats,
+                     "timing": "end-to-end wall time of a fresh `clbench sweep` process into an empty folder",
+                     "machine": f"{os.cpu_count()} CPU cores, shared with other jobs during the measurement",
+                     "python": sys.version.split()[0]},
+        "results": summary,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    res_dir = HERE / "results"
+    res_dir.mkdir(exist_ok=True)
+    (res_dir / "sweep_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# Sweep executors: wall time of one digits sweep ({record['protocol']['n_runs']} runs)", "",
+             f"Grid: `{' '.join(grid)}`; {args.repeats} repeats per mode, interleaved; "
+             f"{record['protocol']['machine']}; {record['when']}.", "",
+             "| mode | wall s (median) | min-max | in-run s (median sum) | speed-up vs first | load avg | identical results |",
+             "|---|---|---|---|---|---|---|"]
+    for n, s in summary.items():
+        lines.append(f"| {n} | {s['wall_s_median']:.1f} | {s['wall_s_min']:.1f}-{s['wall_s_max']:.1f} | "
+                     f"{s['run_s_sum_median']:.1f} | {s['speedup_vs_first_mode']:.2f}x | "
+                     f"{', '.join(f'{x:.1f}' for x in s['load_avg_1min'])} | {s['identical_results_to_first_mode']} |")
+    lines += ["", "Wall time is end to end (Python start, worker/Ray start-up, runs, aggregate table). "
+              "In-run seconds are summed over runs from the sweep manifest (they include each worker's "
+              "first-run imports). The load average shows how busy the shared machine was."]
+    (res_dir / "sweep_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

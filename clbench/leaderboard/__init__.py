@@ -1,0 +1,16 @@
+"""Leaderboard tooling: build, validate, verify and render submissions (docs/leaderboard.md).
+
+A track is a shipped benchmark at a fixed version (configs/benchmark/<name>.yaml). A submission is one
+JSON file in leaderboard/submissions/ carrying the resolved config, >= 3 seeds with their full accuracy
+matrices, the claimed metrics, the environment and timing:
+
+    build_submission(run dirs)  ->  validate (internal consistency, recomputed metrics)
+                                ->  verify (re-run one seed, compare R)  ->  render (LEADERBOARD.md, index.html)
+"""
+from clbench.leaderboard.submission import (SUBMISSION_SCHEMA, build_submission, load_submission,
+                                            save_submission, seed_free_config, seed_free_hash,
+                                            submission_digest)
+from clbench.leaderboard.validate import ValidationIssue, validate_file, validate_submission
+
+__all__ = ["SUBMISSION_SCHEMA", "build_submission", "load_submission", "save_submission", "seed_free_config",
+           "seed_free_hash", "submission_digest", "ValidationIssue", "validate_file", "validate_submission"]

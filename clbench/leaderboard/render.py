@@ -1,0 +1,322 @@
+"""Render the board: leaderboard/LEADERBOARD.md and a static, sortable leaderboard/index.html, one table
+per track (benchmark at its shipped version), plus a heatmap PNG of each entry's mean accuracy matrix.
+
+Only submissions that validate are shown; the others are reported. The output has no timestamps, so
+rendering the same submissions twice gives the same files (clean diffs in git).
+
+The page sorts client-side (plain JS, no dependencies): click a column header; click again to reverse.
+A URL hash `#sort=<table id>:<column key>[:asc|desc]` clicks the header on load (used by the headless
+browser test and handy for sharing a sorted view).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from clbench import metrics as M
+from clbench.config import benchmark_names, load_benchmark
+from clbench.leaderboard.validate import ValidationIssue, validate_file
+from clbench.leaderboard.verify import verification_status
+
+# Columns shown per track: (summary key, header). acc_task_masked only where a track has it.
+METRIC_COLUMNS = [("acc", "ACC"), ("forgetting", "Forgetting"), ("bwt", "BWT"), ("fwt", "FWT"),
+                  ("learning_accuracy", "LA"), ("acc_task_masked", "Task-IL ACC")]
+STATUS_ORDER = {"verified": 3, "unverified": 2, "stale": 1, "failed": 0}
+STATUS_TEXT = {"verified": "✓ verified", "unverified": "– not yet", "stale": "? changed since",
+               "failed": "✗ failed"}
+
+
+@dataclass
+class Entry:
+    sub: dict
+    path: Path
+    status: dict
+    heatmap: Optional[Path] = None
+    deviations: list = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.sub["id"]
+
+    def metric(self, key: str) -> dict:
+        return self.sub["summary"].get(key) or {"mean": None, "std": None, "n": 0}
+
+
+def _pct(s: dict) -> str:
+    if s.get("mean") is None:
+        return "–"
+    return f"{100 * s['mean']:.2f} ± {100 * (s.get('std') or 0.0):.2f}"
+
+
+def _track_id(name: str, version) -> str:
+    return f"{name}-v{version}"
+
+
+def deviations(sub: dict, shipped: dict) -> list[str]:
+    """Training settings that differ from the shipped benchmark (allowed, but shown on the board)."""
+    out = []
+    for key, v in sorted((sub["config"].get("train") or {}).items()):
+        if (shipped.get("train") or {}).get(key) != v:
+            out.append(f"train.{key}={v}")
+    return out
+
+
+def _config_text(e: Entry) -> str:
+    hp = [f"{k}={v}" for k, v in sorted(e.sub["method"].get("hyperparameters", {}).items())]
+    return ", ".join(hp + e.deviations) or "defaults"
+
+
+def write_heatmap(sub: dict, path: Path) -> Path:
+    """The accuracy matrix averaged over the seeds, drawn with clbench.plots.heatmap_figure."""
+    import matplotlib.pyplot as plt
+
+    from clbench.plots import heatmap_figure
+    runs = sub["runs"]
+    mean = {"accuracy_matrix": np.mean([r["accuracy_matrix"] for r in runs], axis=0).tolist(),
+            "initial_accuracy": np.mean([r["initial_accuracy"] for r in runs], axis=0).tolist(),
+            "config": {"benchmark": {"name": f"{sub['benchmark']['name']} v{sub['benchmark']['version']}"},
+                       "strategy": {"name": sub["method"]["name"]}},
+            "seed": f"mean of {len(runs)} ({', '.join(str(r['seed']) for r in runs)})"}
+    fig = heatmap_figure(mean)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})  # no version stamp: identical input, identical file
+    plt.close(fig)
+    return path
+
+
+def collect(submissions_dir) -> tuple[list[Entry], dict[Path, list[ValidationIssue]]]:
+    entries, rejected = [], {}
+    for path in sorted(Path(submissions_dir).glob("*.json")):
+        issues = validate_file(path)
+        if issues:
+            rejected[path] = issues
+            continue
+        with open(path) as f:
+            sub = json.load(f)
+        shipped = load_benchmark(sub["benchmark"]["name"])
+        entries.append(Entry(sub=sub, path=path, status=verification_status(sub),
+                             deviations=deviations(sub, shipped)))
+    return entries, rejected
+
+
+def tracks(entries: list[Entry]) -> list[tuple[dict, list[Entry]]]:
+    """Every shipped benchmark as a track (empty ones too), entries ranked by mean ACC."""
+    out = []
+    for name in benchmark_names():
+        b = load_benchmark(name)
+        key = (b.get("name", name), b.get("version", 1))
+        rows = [e for e in entries if (e.sub["benchmark"]["name"], e.sub["benchmark"]["version"]) == key]
+        rows.sort(key=lambda e: (-(e.metric("acc")["mean"] if e.metric("acc")["mean"] is not None else -1), e.id))
+        out.append(({"name": key[0], "version": key[1], "description": b.get("description", ""),
+                     "id": _track_id(*key)}, rows))
+    return out
+
+
+def _columns(rows: list[Entry]) -> list[tuple[str, str]]:
+    return [(k, h) for k, h in METRIC_COLUMNS
+            if k != "acc_task_masked" or any(e.metric(k)["mean"] is not None for e in rows)]
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+# ----- markdown ---------------------------------------------------------------------------------------
+def render_markdown(track_rows, out_dir: Path, rejected) -> str:
+    lines = ["# clbench leaderboard", "",
+             "Generated by `clbench leaderboard render` from `leaderboard/submissions/` (do not edit by hand). "
+             "Values are percentages, mean ± sample std over n seeds; (+) higher is better, (-) lower is better. "
+             "Metric definitions: docs/metrics.md. How to submit and verify: docs/leaderboard.md. "
+             "Interactive, sortable version: [index.html](index.html).", ""]
+    for track, rows in track_rows:
+        lines += [f"## {track['name']} v{track['version']}", "", track["description"], ""]
+        if not rows:
+            lines += ["_No entries yet._", ""]
+            continue
+        cols = _columns(rows)
+        head = ["#", "Method"] + [f"{h} ({M.direction(k)})" for k, h in cols] + \
+               ["n", "Verified", "Config", "Time/seed (s)", "Heatmap", "Submission"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for rank, e in enumerate(rows, 1):
+            cells = [str(rank), f"{e.sub['method']['name']} (`{e.sub['method']['strategy']}`)"]
+            cells += [_pct(e.metric(k)) for k, _ in cols]
+            cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], _config_text(e).replace("|", "\\|"),
+                      f"{e.sub['timing']['mean_per_seed_s']:.1f}",
+                      f"[png]({_rel(e.heatmap, out_dir)})" if e.heatmap else "–",
+                      f"[json]({_rel(e.path, out_dir)})"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if rejected:
+        lines += ["## Rejected submissions", ""]
+        for path, issues in rejected.items():
+            lines.append(f"- `{path.name}`: " + "; ".join(str(i) for i in issues[:3]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----- HTML -------------------------------------------------------------------------------------------
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table.board { border-collapse: collapse; margin-bottom: 2rem; font-size: 0.92rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.35rem 0.6rem; text-align: right; white-space: nowrap; }
+td.text, th.text { text-align: left; white-space: normal; }
+th.sortable { cursor: pointer; user-select: none; background: #f4f4f4; }
+th.sortable:hover { background: #e8e8e8; }
+th[aria-sort="ascending"]::after { content: " ▲"; }
+th[aria-sort="descending"]::after { content: " ▼"; }
+.verified { color: #137333; } .failed { color: #b3261e; } .stale { color: #a05a00; }
+.muted { color: #777; font-size: 0.85rem; }
+"""
+
+JS = r"""
+(function () {
+  function key(td) {
+    var v = td.getAttribute('data-sort');
+    if (v === null || v === '') return null;
+    var n = Number(v);
+    return isNaN(n) ? v.toLowerCase() : n;
+  }
+  function sortBy(th, dir) {
+    var table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.forEach(function (r, i) { r._i = i; });
+    rows.sort(function (a, b) {
+      var x = key(a.cells[col]), y = key(b.cells[col]);
+      if (x === null && y === null) return a._i - b._i;
+      if (x === null) return 1;             // missing values always last
+      if (y === null) return -1;
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return (dir === 'ascending' ? c : -c) || a._i - b._i;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+    th.setAttribute('aria-sort', dir);
+    table.setAttribute('data-sorted-by', th.getAttribute('data-key') + ':' + dir);
+  }
+  document.querySelectorAll('table.board th.sortable').forEach(function (th) {
+    th.addEventListener('click', function () {
+      var cur = th.getAttribute('aria-sort');
+      var dir = cur === 'descending' ? 'ascending' : cur === 'ascending' ? 'descending'
+              : th.getAttribute('data-first');
+      sortBy(th, dir);
+    });
+  });
+  // #sort=<table id>:<column key>[:asc|desc] clicks that header (once or twice) on load.
+  function fromHash() {
+    var m = /sort=([^:&]+):([^:&]+)(?::(asc|desc))?/.exec(decodeURIComponent(location.hash));
+    if (!m) return;
+    var table = document.getElementById(m[1]);
+    var th = table && table.querySelector('th[data-key="' + m[2] + '"]');
+    if (!th) return;
+    th.click();
+    var want = m[3] === 'asc' ? 'ascending' : m[3] === 'desc' ? 'descending' : null;
+    if (want && th.getAttribute('aria-sort') !== want) th.click();
+  }
+  window.addEventListener('hashchange', fromHash);
+  fromHash();
+})();
+"""
+
+
+def _td(text: str, sort=None, cls: str = "", raw: bool = False) -> str:
+    attrs = f' data-sort="{html.escape(str(sort))}"' if sort is not None else ' data-sort=""'
+    attrs += f' class="{cls}"' if cls else ""
+    return f"<td{attrs}>{text if raw else html.escape(text)}</td>"
+
+
+def render_html(track_rows, out_dir: Path, rejected) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>clbench leaderboard</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>clbench leaderboard</h1>",
+             '<p class="muted">One table per track (a shipped benchmark at a fixed version). Values in %, '
+             "mean ± sample std over n seeds. Click a column header to sort; click again to reverse. "
+             "✓ verified: a maintainer re-ran one seed from the submitted config and R agreed within the stated "
+             "tolerance (docs/leaderboard.md).</p>"]
+    for track, rows in track_rows:
+        tid = track["id"]
+        parts.append(f'<section class="track"><h2>{html.escape(track["name"])} v{track["version"]}</h2>'
+                     f'<p class="muted">{html.escape(track["description"])}</p>')
+        if not rows:
+            parts.append('<p class="empty">No entries yet.</p></section>')
+            continue
+        cols = _columns(rows)
+        heads = ['<th data-key="rank" class="sortable" data-first="ascending">#</th>',
+                 '<th data-key="method" class="sortable text" data-first="ascending">Method</th>']
+        for k, h in cols:
+            first = "descending" if M.direction(k) == "+" else "ascending"
+            heads.append(f'<th data-key="{k}" class="sortable" data-first="{first}" '
+                         f'title="{k} ({M.direction(k)})">{h} ({M.direction(k)})</th>')
+        heads += ['<th data-key="n" class="sortable" data-first="descending">n</th>',
+                  '<th data-key="verified" class="sortable" data-first="descending">Verified</th>',
+                  '<th data-key="config" class="text">Config</th>',
+                  '<th data-key="time" class="sortable" data-first="ascending">Time/seed (s)</th>',
+                  '<th data-key="links" class="text">Links</th>']
+        parts.append(f'<table class="board" id="{tid}" data-sorted-by="acc:descending"><thead><tr>'
+                     + "".join(heads) + "</tr></thead><tbody>")
+        for rank, e in enumerate(rows, 1):
+            st = e.status["status"]
+            rec = e.status["record"] or {}
+            tip = html.escape(f"{rec.get('reason', '')}; {rec.get('tolerance_rule', '')}; {rec.get('date', '')}")
+            cells = [_td(str(rank), rank),
+                     _td(f'{html.escape(e.sub["method"]["name"])} <code>{html.escape(e.sub["method"]["strategy"])}'
+                         f'</code>', e.sub["method"]["name"], "text method", raw=True)]
+            for k, _ in cols:
+                s = e.metric(k)
+                cells.append(_td(_pct(s), s["mean"]))
+            links = []
+            if e.heatmap:
+                links.append(f'<a class="heatmap" href="{html.escape(_rel(e.heatmap, out_dir))}">heatmap</a>')
+            links.append(f'<a class="submission" href="{html.escape(_rel(e.path, out_dir))}">json</a>')
+            cells += [_td(str(len(e.sub["runs"])), len(e.sub["runs"])),
+                      f'<td data-sort="{STATUS_ORDER[st]}" class="{st}" title="{tip}">{STATUS_TEXT[st]}</td>',
+                      _td(_config_text(e), None, "text"),
+                      _td(f"{e.sub['timing']['mean_per_seed_s']:.1f}", e.sub["timing"]["mean_per_seed_s"]),
+                      _td(" · ".join(links), None, "text", raw=True)]
+            parts.append(f'<tr data-id="{html.escape(e.id)}">' + "".join(cells) + "</tr>")
+        parts.append("</tbody></table></section>")
+    if rejected:
+        parts.append("<h2>Rejected submissions</h2><ul>")
+        for path, issues in rejected.items():
+            parts.append(f"<li><code>{html.escape(path.name)}</code>: "
+                         f"{html.escape('; '.join(str(i) for i in issues[:3]))}</li>")
+        parts.append("</ul>")
+    parts.append(f"<script>{JS}</script></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard") -> dict:
+    """The board's text (markdown and HTML, links relative to `out_dir`) without writing anything."""
+    out_dir = Path(out_dir)
+    entries, rejected = collect(submissions_dir)
+    for e in entries:
+        e.heatmap = out_dir / "heatmaps" / f"{e.id}.png"
+    track_rows = tracks(entries)
+    return {"markdown": render_markdown(track_rows, out_dir, rejected),
+            "html": render_html(track_rows, out_dir, rejected), "entries": entries, "rejected": rejected}
+
+
+def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard") -> dict:
+    """Write LEADERBOARD.md, index.html and heatmaps/<id>.png; returns the paths and the rejected files."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    board = build(submissions_dir, out_dir)
+    for e in board["entries"]:
+        write_heatmap(e.sub, e.heatmap)
+    md, page = out_dir / "LEADERBOARD.md", out_dir / "index.html"
+    _write(md, board["markdown"])
+    _write(page, board["html"])
+    return {"markdown": md, "html": page, "entries": [e.path for e in board["entries"]],
+            "rejected": board["rejected"], "heatmaps": [e.heatmap for e in board["entries"]]}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,262 @@
+"""`clbench report PATH`: mean +- std over seeds of every metric, as a table and as figures.
+
+PATH is a run folder or any folder holding run folders (searched recursively). Runs are grouped by
+(benchmark, strategy, config hash without the seeds): the seeds of one configuration are repeats, so
+each group gives mean, std (sample std, ddof=1; none for a single run) and n.
+
+Stable API (the sweep command calls it):
+    aggregate(results: list[dict]) -> list[dict]          one row per group
+    render_table(rows, fmt="text"|"markdown"|"csv", metrics=None) -> str
+A row is {"benchmark", "strategy", "label", "group_hash", "n", "seeds", "run_ids", "config_diff",
+"metrics": {name: {"mean", "std", "n"}}}; metric values are fractions (0.8 = 80 %).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
+from clbench.metrics import direction
+
+# Shown in the printed table when present (all metrics go to the CSV).
+TABLE_METRICS = ("acc", "forgetting", "bwt", "fwt", "learning_accuracy", "forgetting_first", "acc_task_masked",
+                 "intransigence", "anytime_acc_auc")
+# Compared in the bar chart when several configurations share a benchmark.
+CHART_METRICS = ("acc", "forgetting", "bwt", "learning_accuracy", "fwt", "acc_task_masked", "intransigence",
+                 "anytime_acc_auc")
+
+
+# ----- finding and loading runs ----------------------------------------------------------------------
+def find_results(path) -> list[Path]:
+    """Every result.json under PATH (a run folder, a folder of runs, or a result.json), skipping
+    unfinished `.<run>.partial` folders and W&B folders."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"no such run folder: {path}")
+    found = []
+    for p in sorted(path.rglob("result.json")):
+        rel = p.relative_to(path).parts[:-1]
+        if any(part.startswith(".") or part == "wandb" for part in rel):
+            continue
+        found.append(p)
+    return found
+
+
+def load_results(path) -> list[dict]:
+    """The results under PATH; files that are not clbench results are skipped with a note on stderr."""
+    from clbench.results import load_result
+    out = []
+    for p in find_results(path):
+        try:
+            r = load_result(p)
+        except (OSError, ValueError) as e:
+            print(f"clbench report: skipping {p} ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        if "accuracy_matrix" not in r or "metrics" not in r:
+            print(f"clbench report: skipping {p} (not a clbench result.json)", file=sys.stderr)
+            continue
+        r["_path"] = str(p.parent)
+        out.append(r)
+    return out
+
+
+# ----- aggregation ------------------------------------------------------------------------------------
+def _key(result: dict) -> tuple[str, str, str]:
+    cfg = result.get("config", {})
+    gh = group_hash(cfg) if cfg else result.get("config_hash", "")
+    return cfg.get("benchmark", {}).get("name", "?"), cfg.get("strategy", {}).get("name", "?"), gh
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _semantic(cfg: dict) -> dict:
+    return _flatten({k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS and k not in SEED_KEYS})
+
+
+def _stats(values: list[float]) -> dict:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return {"mean": mean, "std": std, "n": len(vals)}
+
+
+def _short(key: str) -> str:
+    return key.split(".", 1)[1] if key.startswith("strategy.") else key
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """One row per (benchmark, strategy, config-without-seeds), with mean/std/n of every metric.
+
+    Rows are sorted by benchmark, then by mean final accuracy (best first). `label` names the strategy
+    and, where one strategy appears with several configurations, the config keys that tell them apart.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(_key(r), []).append(r)
+    # Keys whose values differ between groups of the same benchmark and strategy become the label.
+    diffs: dict[tuple, dict] = {}
+    by_bs: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        by_bs.setdefault(key[:2], []).append(key)
+    for bs, keys in by_bs.items():
+        flats = {k: _semantic(groups[k][0].get("config", {})) for k in keys}
+        all_keys = sorted(set().union(*[set(f) for f in flats.values()]))
+        varying = [c for c in all_keys if len({repr(f.get(c)) for f in flats.values()}) > 1] if len(keys) > 1 else []
+        for k in keys:
+            diffs[k] = {c: flats[k].get(c) for c in varying}
+    rows = []
+    for key, rs in groups.items():
+        bench, strat, gh = key
+        names = []
+        for r in rs:
+            names += [n for n in r["metrics"] if n not in names]
+        diff = diffs.get(key, {})
+        label = strat + (" (" + ", ".join(f"{_short(k)}={v}" for k, v in diff.items()) + ")" if diff else "")
+        rows.append({
+            "benchmark": bench,
+            "strategy": strat,
+            "label": label,
+            "group_hash": gh[:12],
+            "n": len(rs),
+            "seeds": sorted(r.get("seed") for r in rs),
+            "run_ids": [r.get("run_id") for r in rs],
+            "config_diff": diff,
+            "metrics": {n: _stats([r["metrics"].get(n) for r in rs]) for n in names},
+        })
+    rows.sort(key=lambda row: (row["benchmark"], -(row["metrics"].get("acc", {}).get("mean") or 0.0), row["label"]))
+    return rows
+
+
+# ----- tables -------------------------------------------------------------------------------------------
+def _metric_columns(rows: Sequence[dict], metrics: Optional[Iterable[str]]) -> list[str]:
+    if metrics is not None:
+        return list(metrics)
+    present = [m for m in TABLE_METRICS if any(r["metrics"].get(m, {}).get("mean") is not None for r in rows)]
+    return present
+
+
+def _pm(stat: Optional[dict]) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    s = f"{100 * stat['mean']:.2f}"
+    return s + (f" ± {100 * stat['std']:.2f}" if stat.get("std") is not None else "")
+
+
+def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iterable[str]] = None) -> str:
+    """The aggregate rows as a table: `text` (aligned, for the console), `markdown`, or `csv`.
+
+    text and markdown show mean ± std in % (+ higher / - lower is better in the header); csv has every
+    metric (or the ones asked for) as fractions, in <name>_mean, <name>_std, <name>_n columns.
+    """
+    if fmt == "csv":
+        names = list(metrics) if metrics is not None else []
+        if metrics is None:
+            for r in rows:
+                names += [n for n in r["metrics"] if n not in names]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["benchmark", "strategy", "label", "group_hash", "n", "seeds"] +
+                   [f"{n}_{s}" for n in names for s in ("mean", "std", "n")])
+        for r in rows:
+            cells = [r["benchmark"], r["strategy"], r["label"], r["group_hash"], r["n"], " ".join(map(str, r["seeds"]))]
+            for n in names:
+                st = r["metrics"].get(n, {})
+                cells += ["" if st.get(k) is None else st.get(k) for k in ("mean", "std", "n")]
+            w.writerow(cells)
+        return buf.getvalue()
+    names = _metric_columns(rows, metrics)
+    header = ["benchmark", "strategy", "n"] + [f"{n} ({direction(n)})" for n in names]
+    body = [[r["benchmark"], r["label"], str(r["n"])] + [_pm(r["metrics"].get(n)) for n in names] for r in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        lines.append("")
+        lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1). "
+                     "(+) higher is better, (-) lower is better; definitions in docs/metrics.md.")
+        return "\n".join(lines) + "\n"
+    if fmt != "text":
+        raise ValueError(f"unknown table format {fmt!r} (choose text, markdown or csv)")
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
+    fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(row) for row in body]
+    lines.append("values in %, mean ± std over seeds; (+) higher is better, (-) lower is better")
+    return "\n".join(lines) + "\n"
+
+
+# ----- the report ---------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
+
+
+def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None) -> dict:
+    """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
+    from clbench import plots
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(results)
+    written = []
+    for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
+        (out / name).write_text(render_table(rows, fmt=fmt, metrics=metrics if fmt != "csv" else None))
+        written.append(out / name)
+    if figures:
+        groups: dict[tuple, list[dict]] = {}
+        for r in results:
+            bench, strat, gh = _key(r)
+            groups.setdefault((bench, strat, gh[:12]), []).append(r)
+        by_bench: dict[str, list[tuple[dict, list[dict]]]] = {}
+        for row in rows:
+            rs = groups[(row["benchmark"], row["strategy"], row["group_hash"])]
+            shape = {len(r["accuracy_matrix"]) for r in rs}
+            if len(shape) > 1:  # not comparable cell by cell: draw the first shape only
+                rs = [r for r in rs if len(r["accuracy_matrix"]) == len(rs[0]["accuracy_matrix"])]
+            by_bench.setdefault(row["benchmark"], []).append((row, rs))
+            stem = _slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}")
+            written.append(plots.save(plots.heatmap_figure(rs, row["label"]), out / f"heatmap_{stem}.png"))
+            written.append(plots.save(plots.task_curves_figure(rs, row["label"]), out / f"tasks_{stem}.png"))
+            fig = plots.anytime_figure(rs, row["label"])
+            if fig is not None:
+                written.append(plots.save(fig, out / f"anytime_{stem}.png"))
+        for bench, items in by_bench.items():
+            if len(items) < 2:
+                continue
+            bench_rows = [row for row, _ in items]
+            written.append(plots.save(plots.comparison_figure(bench_rows, metrics or CHART_METRICS, bench),
+                                      out / f"compare_{_slug(bench)}.png"))
+            written.append(plots.save(plots.accuracy_curves_figure([(row["label"], rs) for row, rs in items], bench),
+                                      out / f"curves_{_slug(bench)}.png"))
+    return {"rows": rows, "files": [str(p) for p in written]}
+
+
+def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[str]] = None, stream=None) -> dict:
+    """Everything `clbench report` does: load, print the table, write files (default: PATH/report)."""
+    stream = stream or sys.stdout
+    results = load_results(path)
+    if not results:
+        raise FileNotFoundError(f"no result.json found under {path} (give a run folder or a folder of runs)")
+    p = Path(path)
+    out_dir = Path(out_dir) if out_dir else (p.parent if p.is_file() else p) / "report"
+    info = write_report(results, out_dir, figures=figures, metrics=metrics)
+    print(f"{len(results)} run(s) in {len(info['rows'])} configuration(s) under {path}", file=stream)
+    print(render_table(info["rows"], metrics=metrics), file=stream)
+    print(f"wrote {len(info['files'])} file(s) to {out_dir}:", file=stream)
+    for f in info["files"]:
+        print(f"  {f}", file=stream)
+    return info

@@ -1,0 +1,505 @@
+"""Sweeps: many independent runs, their result.json files the source of truth.
+
+    clbench sweep benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2
+
+1. Parse: sweep-level keys (executor, workers, threads, name, sweep, ray.*, submitit.*) are split from
+   run overrides; a comma-separated value is an axis (Hydra-style; commas inside [..], {..}, (..) or
+   quotes do not split, `\\,` is a literal comma, `range(a,b[,step])` expands); a sweep file from
+   configs/sweep/ gives the same things as data.
+2. Plan: the cartesian product of the axes; each cell is composed here, in the parent, so a typo fails
+   before any run starts, and gets its deterministic run id (same config + seed -> same id).
+3. Resume: a run whose `<out>/<run_id>/result.json` is complete is skipped; the others (never run,
+   crashed, failed) run again. Runs publish atomically, so a complete result is never half-written.
+4. Execute on an executor (clbench/executors.py); each finished run updates the manifest
+   `<out>/sweep.json` (written atomically) and a progress bar; a failure is recorded with its
+   traceback in `<out>/failed/<run_id>.txt` and does not stop the others.
+5. Aggregate: the table `clbench report` prints (mean +- std, n), saved as summary.csv / summary.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
+from clbench.registry import UnknownNameError, did_you_mean
+from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic
+
+MANIFEST = "sweep.json"
+MANIFEST_VERSION = 1
+# Keys that configure the sweep itself; everything else is a run override.
+SWEEP_KEYS = ("executor", "workers", "threads", "name", "sweep")
+SWEEP_SECTIONS = ("ray", "submitit")
+SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "ray", "submitit",
+                   "overrides", "grid")
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Parsing overrides into axes
+# --------------------------------------------------------------------------------------------------
+
+_OPEN, _CLOSE = "[{(", "]})"
+_RANGE = re.compile(r"^\s*range\((.*)\)\s*$")
+
+
+def split_values(text: str, key: str = "") -> list[str]:
+    """Split an override value at top-level commas.
+
+    `0,1,2` -> ['0', '1', '2'];  `[1,2],[3,4]` -> ['[1,2]', '[3,4]'];  `'a,b',c` -> ["'a,b'", 'c'];
+    `a\\,b` -> ['a,b'];  `range(3)` -> ['0', '1', '2']. Quotes stay in the text: the run's config
+    parser (YAML) turns `'a,b'` into the string a,b, and `'1'` into the string 1.
+    """
+    where = f"'{key}={text}'" if key else repr(text)
+    parts: list[str] = []
+    cur: list[str] = []
+    stack: list[str] = []
+    quote: Optional[str] = None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            cur.append(c)
+            if c == "\\" and i + 1 < len(text):
+                cur.append(text[i + 1])
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c == "\\" and i + 1 < len(text) and text[i + 1] == ",":
+            cur.append(",")
+            i += 1
+        elif c in "'\"" and "".join(cur).strip()[-1:] in ("", "[", "{", "(", ",", ":"):
+            quote = c  # a quote opens only where a value starts (so "it's" stays a plain word)
+            cur.append(c)
+        elif c in _OPEN:
+            stack.append(_CLOSE[_OPEN.index(c)])
+            cur.append(c)
+        elif c in _CLOSE:
+            if not stack or stack.pop() != c:
+                raise ConfigError(f"unbalanced '{c}' in {where}")
+            cur.append(c)
+        elif c == "," and not stack:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    if quote:
+        raise ConfigError(f"unclosed quote {quote} in {where}")
+    if stack:
+        raise ConfigError(f"unclosed '{_OPEN[_CLOSE.index(stack[-1])]}' in {where}")
+    parts.append("".join(cur))
+    if len(parts) > 1 and any(p.strip() == "" for p in parts):
+        raise ConfigError(f"empty value in the sweep {where} (a stray comma?)")
+    out: list[str] = []
+    for p in parts:
+        out.extend(_expand_range(p, where))
+    return out
+
+
+def _expand_range(part: str, where: str) -> list[str]:
+    m = _RANGE.match(part)
+    if not m:
+        return [part]
+    try:
+        args = [parse_value(a.strip()) for a in m.group(1).split(",")]
+        if not 1 <= len(args) <= 3 or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                              for a in args):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"bad range in {where}: expected range(stop), range(start, stop) or "
+                          f"range(start, stop, step) with numbers") from None
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) == 3 else 1)
+    if step == 0:
+        raise ConfigError(f"bad range in {where}: step must not be 0")
+    vals = []
+    v = start
+    while (step > 0 and v < stop) or (step < 0 and v > stop):  # like Python's range: stop excluded
+        vals.append(v)
+        v = start + len(vals) * step  # no accumulated float error
+    if not vals:
+        raise ConfigError(f"empty range in {where}")
+    return [str(round(v, 12) if isinstance(v, float) else v) for v in vals]
+
+
+def format_value(value: Any, key: str = "") -> str:
+    """The override text for a value from a sweep file, such that the config parser reads it back."""
+    if isinstance(value, str) and parse_value(value) == value and "\n" not in value:
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")].strip()
+    if parse_value(text) != value:
+        raise ConfigError(f"value {value!r} of '{key}' in the sweep file cannot be written as an override")
+    return text
+
+
+def _is_sweep_key(key: str) -> bool:
+    return key in SWEEP_KEYS or key.split(".", 1)[0] in SWEEP_SECTIONS
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. The sweep specification (CLI + optional sweep file)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class SweepSpec:
+    name: str
+    out: Path
+    params: dict[str, list[str]]           # run-override key -> value texts (one value: fixed, more: an axis)
+    settings: dict = field(default_factory=dict)   # executor, workers, threads, ray: {...}, submitit: {...}
+    source: Optional[str] = None           # the sweep file, if any
+    description: str = ""
+
+    @property
+    def axes(self) -> dict[str, list[str]]:
+        return {k: v for k, v in self.params.items() if len(v) > 1}
+
+    def cells(self) -> list[list[str]]:
+        """The cartesian product, first key outermost; each cell is a list of `key=value` overrides."""
+        keys = list(self.params)
+        return [[f"{k}={v}" for k, v in zip(keys, combo)]
+                for combo in itertools.product(*(self.params[k] for k in keys))]
+
+
+def sweep_file_names() -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / "sweep").glob("*.yaml"))
+
+
+def load_sweep_file(name: str) -> tuple[dict, str]:
+    """A sweep definition by name (configs/sweep/<name>.yaml) or path; returns (data, path)."""
+    path = Path(name)
+    if not (name.endswith((".yaml", ".yml")) and path.is_file()):
+        path = configs_dir() / "sweep" / f"{name}.yaml"
+    if not path.is_file():
+        names = sweep_file_names()
+        raise UnknownNameError(f"unknown sweep '{name}'.{did_you_mean(name, names)} "
+                               f"Valid choices: {', '.join(names) or '(none)'}; or give a path to a .yaml file.")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep file {path} must hold a mapping (keys: {', '.join(SWEEP_FILE_KEYS)})")
+    for k in data:
+        if k not in SWEEP_FILE_KEYS:
+            raise ConfigError(f"unknown key '{k}' in sweep file {path}.{did_you_mean(k, SWEEP_FILE_KEYS)} "
+                              f"Valid keys: {', '.join(SWEEP_FILE_KEYS)}")
+    for k in ("overrides", "grid"):
+        if not isinstance(data.get(k) or {}, dict):
+            raise ConfigError(f"'{k}' in sweep file {path} must be a mapping of key: value")
+    return data, str(path)
+
+
+def _set_setting(settings: dict, key: str, value: Any) -> None:
+    if "." in key:
+        section, sub = key.split(".", 1)
+        settings.setdefault(section, {})[sub] = value
+    else:
+        settings[key] = value
+
+
+def parse_sweep_args(args: list[str]) -> SweepSpec:
+    """Build the sweep from `key=value[,value...]` arguments (and the sweep file named by `sweep=`)."""
+    cli: list[tuple[str, str]] = []
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"argument '{arg}' is not of the form key=value or key=a,b,c "
+                              f"(e.g. strategy=naive,replay seed=0,1,2 workers=2)")
+        key, text = arg.split("=", 1)
+        key = key.strip()
+        if not key.lstrip("+"):
+            raise ConfigError(f"argument '{arg}' has an empty key")
+        cli.append((key, text))
+
+    settings: dict = {}
+    params: dict[str, list[str]] = {}
+    source, description, name, out = None, "", None, None
+    file_name = [t for k, t in cli if k == "sweep"]
+    if file_name:
+        data, source = load_sweep_file(file_name[-1])
+        description = str(data.get("description", "") or "")
+        name = data.get("name") or Path(source).stem
+        out = data.get("out")
+        for k in ("executor", "workers", "threads"):
+            if k in data:
+                settings[k] = data[k]
+        for section in SWEEP_SECTIONS:
+            for k, v in (data.get(section) or {}).items():
+                settings.setdefault(section, {})[k] = v
+        for k, v in (data.get("overrides") or {}).items():
+            params[str(k)] = [format_value(v, k)]
+        for k, vs in (data.get("grid") or {}).items():
+            vs = vs if isinstance(vs, list) else [vs]
+            if not vs:
+                raise ConfigError(f"grid key '{k}' in sweep file {source} has no values")
+            params[str(k)] = [format_value(v, k) for v in vs]
+
+    for key, text in cli:
+        if key == "sweep":
+            continue
+        values = split_values(text, key)
+        if _is_sweep_key(key) or key == "out":
+            if len(values) > 1:
+                raise ConfigError(f"'{key}' configures the sweep and cannot take several values (got '{text}')")
+            if key == "out":
+                out = text
+            elif key == "name":
+                name = text
+            else:
+                _set_setting(settings, key, parse_value(text))
+            continue
+        params[key] = values  # a CLI key replaces the same key of the sweep file (axis or fixed)
+
+    if "out" in params:
+        raise ConfigError("'out' must be given once on the command line (or in the sweep file), not as run override")
+    if name is None:
+        name = Path(out).name if out else "sweep-" + hashlib.sha256(
+            json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
+        raise ConfigError(f"bad value for 'name': {name!r} (use letters, digits, '_', '.', '+', '-')")
+    out_path = Path(out) if out else Path("sweeps") / str(name)
+    return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
+                     source=source, description=description)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Planning: compose every cell, give it its run id
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    overrides: list[str]     # the run's own overrides: `clbench run <these>` reproduces it
+    label: str               # the axis values of this cell, e.g. "strategy=replay seed=1"
+    config_label: str        # the same without the seed keys: runs sharing it are repeats
+    config_key: str          # config hash without the seeds (clbench.config.group_hash)
+    cfg: dict
+
+
+def _wandb_job_type(cfg: dict, config_label: str, key: str) -> str:
+    label = config_label or cfg["strategy"]["name"]
+    return label if len(label) <= 64 else f"{cfg['strategy']['name'][:50]}-{key[:8]}"  # W&B caps job_type at 64
+
+
+def plan(spec: SweepSpec) -> list[PlannedRun]:
+    """Compose every cell (fails fast on a bad key or value) and give each its deterministic run id."""
+    axes = spec.axes
+    runs: list[PlannedRun] = []
+    seen: dict[str, PlannedRun] = {}
+    explicit = {k.lstrip("+") for k in spec.params}
+    for cell in spec.cells():
+        overrides = [*cell, f"out={spec.out}"]
+        try:
+            cfg = compose(overrides)
+        except (ConfigError, UnknownNameError) as e:
+            raise type(e)(f"{e} (in sweep cell: {' '.join(cell)})") from None
+        # Relative paths would resolve against each worker's folder (Ray workers run elsewhere).
+        root = cfg.get("data", {}).get("root")
+        if isinstance(root, str) and not os.path.isabs(root):
+            cfg["data"]["root"] = str(Path(root).expanduser().resolve())
+        run_id = make_run_id(cfg, config_hash(cfg))
+        label = " ".join(o for o in cell if o.split("=", 1)[0].lstrip("+") in {k.lstrip("+") for k in axes})
+        config_label = ",".join(o for o in cell if o.split("=", 1)[0].lstrip("+") in
+                                {k.lstrip("+") for k in axes} - set(SEED_KEYS))
+        key = group_hash(cfg)  # the seeds of one configuration share it (as in `clbench report`)
+        # W&B: one group per sweep; within it, job_type separates the configurations, so grouping by
+        # job type shows the mean and spread over seeds. Keys the user set explicitly are kept.
+        w = cfg["wandb"]
+        if "wandb.group" not in explicit:
+            w["group"] = spec.name
+        if "wandb.job_type" not in explicit:
+            w["job_type"] = _wandb_job_type(cfg, config_label, key)
+        w["tags"] = [*w.get("tags", []), f"sweep:{spec.name}", f"config:{key[:8]}"]
+        cfg["progress"] = False  # workers stay quiet; the sweep draws one bar over runs
+        run = PlannedRun(run_id=run_id, overrides=cell, label=label, config_label=config_label,
+                         config_key=key, cfg=cfg)
+        if run_id in seen:  # e.g. lr=0.1,0.10: the same config twice
+            print(f"clbench sweep: note: '{' '.join(cell)}' gives the same run as "
+                  f"'{' '.join(seen[run_id].overrides)}' ({run_id}); it runs once", file=sys.stderr)
+            continue
+        seen[run_id] = run
+        runs.append(run)
+    return runs
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Running, resuming, the manifest
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class SweepResult:
+    spec: SweepSpec
+    runs: list[PlannedRun]
+    status: dict[str, dict]       # run_id -> manifest entry
+    table: str = ""
+    summary_files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.status.values() if s["status"] == status)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [s for s in self.status.values() if s["status"] == "failed"]
+
+
+def _manifest(spec: SweepSpec, runs: list[PlannedRun], status: dict, started: float, argv: list[str]) -> dict:
+    counts = {k: 0 for k in ("done", "cached", "failed", "pending")}
+    for s in status.values():
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "sweep": spec.name,
+        "description": spec.description,
+        "source": spec.source,
+        "out": str(spec.out),
+        "argv": argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "settings": spec.settings,
+        "params": spec.params,
+        "axes": spec.axes,
+        "counts": counts,
+        "runs": [status[r.run_id] for r in runs],
+    }
+
+
+def _clean_stale(out: Path, run_id: str) -> None:
+    """A `.partial` folder of a run that is not running is what a crash left behind."""
+    stale = out / f".{run_id}.partial"
+    if stale.exists():
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _publish_here(out: Path, run_id: str, result: dict) -> None:
+    """A run that finished on another machine without a shared folder: publish its result.json here."""
+    rd = RunDir(str(out), run_id, overwrite=True)
+    try:
+        write_json_atomic(rd.work / "result.json", result)
+        rd.commit()
+    except BaseException:
+        rd.discard()
+        raise
+
+
+def run_sweep(spec: SweepSpec, argv: Optional[list[str]] = None, log=None) -> SweepResult:
+    """Plan, skip what is complete, run the rest, aggregate. Never raises for a failing run."""
+    from clbench.executors import Task, make_executor
+
+    log = log or sys.stderr
+    t_start = time.time()
+    runs = plan(spec)
+    executor = make_executor(spec.settings, spec.out)  # bad executor settings fail before anything is written
+    out = spec.out
+    out.mkdir(parents=True, exist_ok=True)
+    failed_dir = out / "failed"
+    status: dict[str, dict] = {}
+    todo: list[PlannedRun] = []
+    for r in runs:
+        entry = {"run_id": r.run_id, "overrides": r.overrides, "label": r.label, "status": "pending"}
+        if is_complete(out / r.run_id):
+            entry["status"] = "cached"
+            (failed_dir / f"{r.run_id}.txt").unlink(missing_ok=True)
+        else:
+            _clean_stale(out, r.run_id)
+            todo.append(r)
+        status[r.run_id] = entry
+    argv = list(sys.argv[1:] if argv is None else argv)
+    write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+
+    n_cached = len(runs) - len(todo)
+    print(f"clbench sweep '{spec.name}': {len(runs)} runs ({n_cached} already complete, {len(todo)} to run) "
+          f"on {executor.describe()} -> {out}", file=log, flush=True)
+
+    if todo:
+        from tqdm import tqdm
+        tasks = [Task(run_id=r.run_id, cfg=r.cfg, label=r.label or r.run_id) for r in todo]
+        bar = tqdm(total=len(tasks), desc=f"sweep {spec.name}", unit="run", file=log, dynamic_ncols=True,
+                   disable=None, mininterval=0.5)
+        try:
+            for o in executor.run(tasks):
+                entry = status[o.run_id]
+                entry["seconds"] = round(o.seconds, 3)
+                if o.worker:
+                    entry["worker"] = o.worker
+                if o.status == "done" and o.result is not None and not is_complete(out / o.run_id):
+                    _publish_here(out, o.run_id, o.result)
+                if o.status == "done" and is_complete(out / o.run_id):
+                    entry["status"] = "done"
+                    entry.pop("error", None), entry.pop("traceback_file", None)
+                    (failed_dir / f"{o.run_id}.txt").unlink(missing_ok=True)
+                else:
+                    error = o.error or "the run reported success but left no complete result.json"
+                    entry["status"], entry["error"] = "failed", error
+                    failed_dir.mkdir(exist_ok=True)
+                    tb_file = failed_dir / f"{o.run_id}.txt"
+                    tb_file.write_text(f"run {o.run_id}\noverrides: {' '.join(entry['overrides'])}\n\n"
+                                       f"{o.traceback or error}\n")
+                    entry["traceback_file"] = str(tb_file.relative_to(out))
+                    bar.write(f"FAILED {o.run_id} [{entry['label']}]: {error}", file=log)
+                if bar.disable:  # no terminal: one line per run instead of a bar
+                    done = sum(1 for s in status.values() if s["status"] != "pending") - n_cached
+                    print(f"[{done}/{len(tasks)}] {entry['status']:<6s} {o.run_id} ({o.seconds:.1f}s)",
+                          file=log, flush=True)
+                bar.update(1)
+                write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+        finally:
+            bar.close()
+
+    result = SweepResult(spec=spec, runs=runs, status=status, seconds=time.time() - t_start)
+    complete = [load_result(out / r.run_id) for r in runs if status[r.run_id]["status"] in ("done", "cached")]
+    if complete:
+        result.table, result.summary_files = write_summary(out, complete, spec.name)
+    write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. The aggregate table (the one `clbench report` prints)
+# --------------------------------------------------------------------------------------------------
+
+def write_summary(out: Path, results: list[dict], name: str) -> tuple[str, list[Path]]:
+    """Aggregate with clbench.report (the table `clbench report` prints) and save it next to the runs
+    as summary.csv (every metric: mean, std, n as fractions) and summary.md (mean +- std in %)."""
+    from clbench.report import aggregate, render_table
+    rows = aggregate(results)
+    md = (f"# Sweep {name}\n\n{len(results)} complete runs, grouped by benchmark, strategy and "
+          f"configuration (seeds are repeats).\n\n{render_table(rows, fmt='markdown')}")
+    files = [_write_text_atomic(out / "summary.csv", render_table(rows, fmt="csv")),
+             _write_text_atomic(out / "summary.md", md)]
+    return render_table(rows), files
+
+
+def _write_text_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def format_report(res: SweepResult) -> str:
+    """What the CLI prints at the end: the table, counts, failures and where things are."""
+    lines = []
+    if res.table:
+        lines += [res.table, ""]
+    lines.append(f"sweep '{res.spec.name}': {len(res.runs)} runs: {res.count('done')} done, "
+                 f"{res.count('cached')} already complete, {res.count('failed')} failed "
+                 f"({res.seconds:.1f}s)")
+    for s in res.failed:
+        lines.append(f"  FAILED {s['run_id']} [{s['label']}]: {s['error']}  "
+                     f"(traceback: {res.spec.out / s['traceback_file']})")
+    if res.failed:
+        lines.append("  re-run the same command to retry the failed runs (complete runs are skipped)")
+    for f in res.summary_files:
+        lines.append(f"summary: {f}")
+    lines.append(f"manifest: {res.spec.out / MANIFEST}")
+    return "\n".join(lines)
+

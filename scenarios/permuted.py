@@ -1,0 +1,58 @@
+"""Permuted MNIST-style domain-incremental stream: every task applies its own fixed pixel permutation to
+the same images; all tasks share one label space (a single 10-way head), and the task id is hidden at test.
+
+Construction (GPM and HLOP, dataloader/pmnist.py): every task is permuted, task 1 included; OWM keeps
+task 1 unpermuted (`keep_first_unpermuted=true`). Each permutation is drawn from the stream seed and the
+task index, so it is fixed per task and the same for any number of tasks.
+
+The permutation is a per-batch transform of the split (`TensorSplit.transform`): the stream holds one copy
+of the images, not one per task, and a replay buffer stores the permuted uint8 samples it was shown.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from clbench.scenarios.common import PixelMap, check_positive_int, check_stream, generator, random_subset
+from clbench.stream import EvalTask, Experience, Stream, TensorSplit
+
+
+def permutation(n_pixels: int, seed: int, task: int) -> torch.Tensor:
+    """The pixel permutation of `task`, fixed by the stream seed."""
+    return torch.randperm(n_pixels, generator=generator(seed, "permuted", task))
+
+
+class Permuted:
+    """Domain-incremental permuted inputs: one fixed pixel permutation per task, one shared head."""
+
+    setting = "domain-il"
+
+    def __init__(self, n_experiences: int = 10, keep_first_unpermuted: bool = False,
+                 train_samples_per_task: Optional[int] = None):
+        self.n_experiences = check_positive_int(n_experiences, "n_experiences")
+        self.keep_first_unpermuted = bool(keep_first_unpermuted)
+        self.train_samples_per_task = (None if train_samples_per_task is None else
+                                       check_positive_int(train_samples_per_task, "train_samples_per_task"))
+
+    def build(self, dataset, seed: int) -> Stream:
+        shape = tuple(dataset.input_shape)
+        n_pixels = shape[-1] * shape[-2] if len(shape) >= 2 else shape[0]
+        classes = sorted(torch.unique(dataset.y_train).tolist())
+        experiences, eval_tasks, maps = [], [], []
+        for i in range(self.n_experiences):
+            identity = i == 0 and self.keep_first_unpermuted
+            pm = PixelMap(torch.arange(n_pixels) if identity else permutation(n_pixels, seed, i))
+            maps.append({"task": i, "identity": identity, "sha1": pm.digest()})
+            # GEM/A-GEM use a random subset of the training set per task; None keeps all of it.
+            idx = random_subset(len(dataset.y_train), self.train_samples_per_task, generator(seed, "subset", i))
+            train = TensorSplit(dataset.x_train, dataset.y_train, idx.to(dataset.y_train.device), task=i, transform=pm)
+            test = TensorSplit(dataset.x_test, dataset.y_test, task=i, transform=pm)
+            experiences.append(Experience(index=i, train=train, task_ids=[i], classes=classes,
+                                          task_visible_at_test=False))
+            eval_tasks.append(EvalTask(task_id=i, test=test, classes=classes))
+        return check_stream(Stream(
+            name="permuted", experiences=experiences, eval_tasks=eval_tasks, n_classes=dataset.n_classes,
+            input_shape=shape, setting=self.setting,
+            description={"stream_seed": int(seed), "dataset": dataset.describe(), "permutations": maps,
+                         "train_samples_per_task": self.train_samples_per_task}))

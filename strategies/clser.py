@@ -1,0 +1,136 @@
+"""CLS-ER: Complementary Learning System based Experience Replay.
+
+Arani, Sarfraz, Zonooz (ICLR 2022), "Learning Fast, Learning Slow: A General Continual Learning Method
+based on Complementary Learning System", arXiv:2201.12604; follows the authors' code
+(NeurAI-Lab/CLS-ER, models/clser.py):
+
+    working model theta (SGD), plastic EMA theta_P and stable EMA theta_S (copies of theta at init)
+    each step, current batch (x_b, y_b), buffer batch (x_m, y_m):
+        z_S = f(x_m; theta_S), z_P = f(x_m; theta_P)
+        per sample, target = z_S if softmax(z_S)[y] > softmax(z_P)[y] else z_P
+        L = lambda * MSE(f(x_m; theta), target) + CE(f([x_b; x_m]; theta), [y_b; y_m])
+        SGD step on theta; reservoir-add (x_b, y_b); global_step += 1
+        with probability r_P: theta_P <- a theta_P + (1 - a) theta,  a = min(1 - 1/(global_step + 1), alpha_P)
+        with probability r_S: theta_S <- a theta_S + (1 - a) theta,  a = min(1 - 1/(global_step + 1), alpha_S)
+    inference with the stable model (the paper); the code logs all three models.
+
+As in the code the EMA covers parameters only; BatchNorm statistics of the EMA models come from their
+own train-mode forward passes on buffer samples. The update gates draw from the strategy's seeded
+generator. `eval_model` picks the evaluated model; the other two are evaluated too after every
+experience (`after_evaluation`), and their accuracy matrices go to result.json.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from clbench import metrics as M
+from clbench.buffer import ReservoirBuffer
+from clbench.config import ConfigError
+from clbench.strategy import Strategy
+from clbench.stream import Batch, Experience
+
+MODELS = ("stable", "plastic", "working")
+
+
+class CLSER(Strategy):
+    """CLS-ER: reservoir replay + consistency to the better of a plastic and a stable EMA model."""
+
+    description = "CLS-ER: working model + plastic/stable EMA models with stochastic updates; consistency on replay"
+    defaults = {
+        "buffer_size": 200,                # reservoir capacity
+        "mem_batch_size": None,            # buffer samples per step (None: train.batch_size)
+        "reg_weight": 0.1,                 # lambda, weight of the consistency loss
+        "stable_update_freq": 0.7,         # r_S
+        "stable_alpha": 0.999,             # alpha_S
+        "plastic_update_freq": 0.9,        # r_P
+        "plastic_alpha": 0.999,            # alpha_P
+        "eval_model": "stable",            # stable | plastic | working
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.hp.eval_model not in MODELS:
+            raise ConfigError(f"bad value for 'strategy.eval_model': expected one of {', '.join(MODELS)}, "
+                              f"got {self.hp.eval_model!r}")
+        for key in ("stable_update_freq", "plastic_update_freq", "stable_alpha", "plastic_alpha"):
+            v = self.hp[key]
+            if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                raise ConfigError(f"bad value for 'strategy.{key}': expected a number in [0, 1], got {v!r}")
+        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 0:
+            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 0, "
+                              f"got {self.hp.buffer_size!r}")
+        self.buffer = ReservoirBuffer(self.hp.buffer_size, self.device, self.generator)
+        self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
+        self.plastic = copy.deepcopy(self.model)
+        self.stable = copy.deepcopy(self.model)
+        for m in (self.plastic, self.stable):
+            m.requires_grad_(False)
+        self.global_step = 0
+        self.ema_updates = {"plastic": 0, "stable": 0}
+        self._evaluating = None                     # set while after_evaluation scores another model
+        self.rows: dict[str, list[list[float]]] = {name: [] for name in MODELS}
+
+    # ----- training -------------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> torch.Tensor:
+        x, y, t = batch.x, batch.y, batch.t
+        loss = 0.0
+        if len(self.buffer) > 0:
+            mem = self.buffer.sample(self.mem_batch)
+            xm, ym, tm = mem["x"], mem["y"], mem["t"]
+            # 1. consistency target: the EMA model with the higher probability on the true label
+            with torch.no_grad():
+                self.stable.train(), self.plastic.train()
+                z_s, z_p = self._forward(self.stable, xm, tm), self._forward(self.plastic, xm, tm)
+                p_s = F.softmax(z_s, 1).gather(1, ym[:, None])
+                p_p = F.softmax(z_p, 1).gather(1, ym[:, None])
+                target = torch.where(p_s > p_p, z_s, z_p)
+            # 2. lambda * MSE of the working model's logits on the buffer samples
+            loss = float(self.hp.reg_weight) * F.mse_loss(self.forward(xm, tm), target)
+            x, y, t = torch.cat([x, xm]), torch.cat([y, ym]), torch.cat([t, tm])
+        # 3. cross-entropy on the current batch concatenated with the buffer batch
+        return loss + F.cross_entropy(self.forward(x, t), y)
+
+    def _forward(self, model, x, t):
+        logits = model(x)
+        return self.mask_logits(logits, t) if self.task_aware else logits
+
+    def after_step(self, batch: Batch) -> None:
+        self.buffer.add(batch)
+        self.global_step += 1
+        # 4. stochastic EMA updates (plastic first, as in the code), gates drawn from the seeded generator
+        for name, model in (("plastic", self.plastic), ("stable", self.stable)):
+            if float(torch.rand(1, generator=self.generator)) < float(self.hp[f"{name}_update_freq"]):
+                self._ema(model, float(self.hp[f"{name}_alpha"]))
+                self.ema_updates[name] += 1
+
+    @torch.no_grad()
+    def _ema(self, ema_model: torch.nn.Module, alpha: float) -> None:
+        a = min(1.0 - 1.0 / (self.global_step + 1), alpha)     # warm-up: early EMA tracks theta closely
+        for pe, p in zip(ema_model.parameters(), self.model.parameters()):
+            pe.mul_(a).add_(p.detach(), alpha=1.0 - a)
+
+    # ----- evaluation -----------------------------------------------------------------------------
+    def models(self) -> dict[str, torch.nn.Module]:
+        return {"stable": self.stable, "plastic": self.plastic, "working": self.model}
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.models()[self._evaluating or self.hp.eval_model]
+
+    def after_evaluation(self, evaluator) -> None:
+        """Called by the engine after each experience's evaluation: score all three models."""
+        for name in MODELS:
+            self._evaluating = name
+            try:
+                self.rows[name].append(evaluator.evaluate(self).acc)
+            finally:
+                self._evaluating = None
+
+    def extra_state(self) -> dict:
+        per_model = {name: {"accuracy_matrix": rows, "acc": M.acc(rows) if rows else None,
+                            "bwt": M.bwt(rows) if len(rows) > 1 else None}
+                     for name, rows in self.rows.items()}
+        return {"buffer": self.buffer.state(), "eval_model": self.hp.eval_model, "models": per_model,
+                "global_step": self.global_step, "ema_updates": dict(self.ema_updates)}

@@ -1,0 +1,71 @@
+"""GDumb: greedy class-balanced sampler + a learner retrained from scratch on the memory only.
+
+Prabhu, Torr, Dokania (2020), "GDumb: A Simple Approach that Questions Our Progress in Continual
+Learning", ECCV 2020.
+
+    for each sample (x, y) of the stream:                      # greedy sampler
+        if memory not full: store it
+        elif class y holds less than capacity / n_seen_classes: evict a random sample of the largest class, store it
+        else: drop it
+    whenever a prediction is needed (here: after every experience):
+        re-initialise the network; train it on the memory alone for `train.epochs` epochs
+
+The learner sees the stream only through the memory. The paper also uses SGDR, cutmix and many epochs on
+CIFAR; here the schedule is the benchmark's `train` section (set `train.epochs` higher for GDumb; the
+paper's MNIST runs train to convergence). Logits of classes not yet in memory are masked at prediction, as
+in the paper's inference on the classes seen so far.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from clbench.buffer import ClassBalancedBuffer
+from clbench.config import ConfigError
+from clbench.strategy import Strategy
+from clbench.stream import Experience, TensorSplit
+
+
+class GDumb(Strategy):
+    """GDumb: greedy class-balanced memory, model retrained from scratch on it after every experience."""
+
+    description = "GDumb: greedy class-balanced memory; retrains from scratch on the memory only"
+    defaults = {
+        "buffer_size": 500,    # memory size (GDumb reports MNIST with k = 300..4400)
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 1:
+            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 1, "
+                              f"got {self.hp.buffer_size!r}")
+        self.buffer = ClassBalancedBuffer(self.hp.buffer_size, self.device, self.generator, within_class="drop")
+        self.initial_state = copy.deepcopy(self.model.state_dict())
+        self.retrained = 0
+
+    def train(self, exp: Experience) -> None:
+        # 1. greedy class-balanced sampling of the experience, in stream order (shuffled minibatches)
+        for batch in exp.train.batches(int(self.train_cfg["batch_size"]), shuffle=True, generator=self.generator):
+            self.buffer.add(batch)
+        # 2. from scratch: initial weights, fresh optimizer
+        self.model.load_state_dict(self.initial_state)
+        self.optimizer = self.make_optimizer()
+        # 3. train on the memory alone (the standard loop over a split built from the memory)
+        mem = self.buffer.contents()
+        memory = Experience(index=exp.index, train=TensorSplit(mem["x"], mem["y"], task=mem["t"]),
+                            task_ids=sorted(set(mem["t"].tolist())), classes=sorted(set(mem["y"].tolist())),
+                            task_visible_at_test=exp.task_visible_at_test, kind="memory")
+        super().train(memory)
+        self.retrained += 1
+
+    def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
+        logits = super().predict(x, task_id)
+        in_memory = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        in_memory[self.buffer.labels[self.buffer.labels >= 0].unique().to(logits.device)] = True
+        return logits.masked_fill(~in_memory, torch.finfo(logits.dtype).min)
+
+    def extra_state(self) -> dict:
+        return {"buffer": self.buffer.state(), "retrained": self.retrained}

@@ -1,0 +1,165 @@
+"""HLOP: Hebbian Learning based Orthogonal Projection (ANN port).
+
+Xiao, Meng, Zhang, He, Lin (ICLR 2024), "Hebbian Learning based Orthogonal Projection for Continual
+Learning of Spiking Neural Networks", arXiv:2402.11984; follows the authors' code (pkuxmq/HLOP-SNN,
+modules/hlop_module.py, modules/proj_linear.py, spiking_train_pmnist.py) with the layer's input
+activations in place of the spiking firing rates:
+
+    every weight layer l has lateral "subspace" neurons H_l (k_l x d_l), orthogonally initialised
+    task 1: train normally; on every batch, Hebbian update of H_l from the layer input x
+    task t > 1: first add k_new neurons (a new block); on every batch
+        - the weight gradient is computed from the residual input x - H_old^T H_old x
+          (equivalently grad <- grad - grad H_old^T H_old), old block only
+        - Hebbian update of all neurons with the old block frozen: new neurons learn the residual
+        - 1-D parameters (BatchNorm affine) frozen, BatchNorm in eval mode
+    after each task: merge all neurons into the old block
+
+    Hebbian update (5 iterations per batch): y = x H^T, x_hat = y H,
+        dH = clamp(y^T (x - x_hat) / B, -10, 10)   (Oja's subspace rule: Hebbian y x^T, anti-Hebbian y y^T H)
+        V <- 0.9 V + 0.1 dH (new rows);  H <- H + lr_l V
+
+The subspace is learned while the task trains (streaming PCA), not by a decomposition at task end.
+"""
+from __future__ import annotations
+
+import torch
+
+from clbench.config import ConfigError
+from clbench.projection import (InputRecorder, UpdateProjector, freeze_batchnorm_stats, input_dim,
+                                one_dim_params, optimizer_has_state, per_layer, project_off,
+                                require_bias_free, weight_layers)
+from clbench.strategy import Strategy
+from clbench.stream import Batch, Experience
+
+
+class HebbianSubspace:
+    """Lateral subspace neurons of one layer (HLOP module): rows of H, the first `n_old` frozen."""
+
+    def __init__(self, dim: int, lr: float, momentum: float, device: torch.device):
+        self.dim, self.lr, self.m = dim, lr, momentum
+        self.H = torch.zeros(0, dim, device=device)
+        self.V = torch.zeros(0, dim, device=device)
+        self.n_old = 0
+
+    def add(self, k: int, generator: torch.Generator) -> None:
+        """Append k orthogonally initialised neurons (never more than d in total)."""
+        k = min(int(k), self.dim - self.H.shape[0])
+        if k <= 0:
+            return
+        new = torch.empty(k, self.dim)
+        torch.nn.init.orthogonal_(new, generator=generator)
+        self.H = torch.cat([self.H, new.to(self.H.device)])
+        self.V = torch.cat([self.V, torch.zeros_like(new, device=self.V.device)])
+
+    def merge(self) -> None:
+        self.n_old = self.H.shape[0]
+
+    @property
+    def old(self) -> torch.Tensor:
+        return self.H[: self.n_old]
+
+    @torch.no_grad()
+    def hebbian_update(self, x: torch.Tensor, iterations: int) -> None:
+        """Oja subspace rule on a batch of inputs x (B x d); old neurons stay fixed."""
+        if self.H.shape[0] == self.n_old:
+            return
+        x = x.float()
+        for _ in range(iterations):
+            y = x @ self.H.T
+            x_hat = y @ self.H
+            dH = torch.clamp(y.T @ (x - x_hat) / x.shape[0], -10, 10)
+            new = slice(self.n_old, None)
+            self.V[new] = self.m * self.V[new] + (1 - self.m) * dH[new]
+            self.H[new] += self.lr * self.V[new]
+
+    def orthonormality_error(self) -> float:
+        """||H H^T - I||_F: the projection x - H^T H x is exact only when this is ~0."""
+        k = self.H.shape[0]
+        if k == 0:
+            return 0.0
+        return float(torch.linalg.matrix_norm(self.H @ self.H.T - torch.eye(k, device=self.H.device)))
+
+
+class HLOP(Strategy):
+    """HLOP (ANN port): Hebbian-learned lateral subspaces; weight gradients from the residual input."""
+
+    description = "HLOP: Oja/anti-Hebbian lateral subspace neurons per layer; gradients from the residual input"
+    # Sizes scaled from the official PMNIST run (800-800 SNN: [80,200,100] then +[70,70,70], -20 every 3 tasks)
+    # to an MLP with 100 hidden units (methods.md 2.2 (d)).
+    defaults = {
+        "n_initial": [60, 20, 20],        # lateral neurons per weight layer for the first task
+        "n_added": [40, 10, 10],          # neurons added per layer at each later task
+        "reduce_every": 3,                # every this many tasks ...
+        "reduce_by": [10, 2, 2],          # ... n_added shrinks by this much (official: 20 every 3 tasks)
+        "hebb_lr": [0.001, 0.01, 0.01],   # Hebbian learning rate per layer (official: 0.001 input, 0.01 hidden)
+        "hebb_iterations": 5,             # Hebbian iterations per batch
+        "hebb_momentum": 0.9,
+        "project_head": "auto",           # project the classifier too; auto: yes unless task-IL (multi-head)
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        layers = weight_layers(self.model)
+        if not layers:
+            raise ConfigError("strategy 'hlop' found no nn.Linear/nn.Conv2d layer in the model")
+        keys = ("n_initial", "n_added", "reduce_by", "hebb_lr")
+        values = {k: per_layer(self.hp[k], layers, f"strategy.{k}", float if k == "hebb_lr" else int) for k in keys}
+        head = self.hp.project_head
+        if head not in (True, False, "auto"):
+            raise ConfigError(f"bad value for 'strategy.project_head': expected true, false or auto, got {head!r}")
+        if head is False or (head == "auto" and self.task_aware):
+            layers, values = layers[:-1], {k: v[:-1] for k, v in values.items()}
+        require_bias_free(layers, "hlop")
+        self.layers, self.sizes = layers, values
+        self.subspaces = {name: HebbianSubspace(input_dim(m), lr, float(self.hp.hebb_momentum), self.device)
+                          for (name, m), lr in zip(layers, values["hebb_lr"])}
+        self.recorder = InputRecorder(layers)
+        self.updates = UpdateProjector() if optimizer_has_state(self.train_cfg) else None
+        self.n_tasks = 0
+        self.added = list(values["n_added"])
+        self.history: list[dict] = []
+
+    # ----- training -------------------------------------------------------------------------------
+    def before_experience(self, exp: Experience) -> None:
+        if self.n_tasks == 0:
+            counts = self.sizes["n_initial"]
+        else:
+            freeze_batchnorm_stats(self.model)
+            every = int(self.hp.reduce_every)
+            if every > 0 and self.n_tasks % every == 0:
+                self.added = [max(a - r, 0) for a, r in zip(self.added, self.sizes["reduce_by"])]
+            counts = self.added
+        for (name, _), k in zip(self.layers, counts):
+            self.subspaces[name].add(k, self.generator)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        with self.recorder.recording():          # keep each layer's input for the Hebbian update
+            return super().loss(batch)
+
+    def after_backward(self, batch: Batch) -> None:
+        inputs = self.recorder.inputs
+        if self.n_tasks > 0:
+            # grad W = delta^T (x - H_old^T H_old x)  ==  grad - grad H_old^T H_old
+            for name, layer in self.layers:
+                layer.weight.grad = project_off(layer.weight.grad, self.subspaces[name].old.T)
+            for p in one_dim_params(self.model):
+                p.grad = None
+            if self.updates is not None:
+                self.updates.before_step([m.weight for _, m in self.layers])
+        for name, _ in self.layers:
+            self.subspaces[name].hebbian_update(inputs[name], int(self.hp.hebb_iterations))
+
+    def after_step(self, batch: Batch) -> None:
+        if self.updates is not None and self.n_tasks > 0:
+            self.updates.after_step({m.weight: self.subspaces[n].old.T for n, m in self.layers})
+
+    def after_experience(self, exp: Experience) -> None:
+        for s in self.subspaces.values():
+            s.merge()
+        self.n_tasks += 1
+        self.history.append({n: {"neurons": int(s.H.shape[0]), "orthonormality_error": s.orthonormality_error()}
+                             for n, s in self.subspaces.items()})
+
+    def extra_state(self) -> dict:
+        return {"layers": {n: {"dim": input_dim(m)} for n, m in self.layers}, "subspace": self.history,
+                "project_update": self.updates is not None}

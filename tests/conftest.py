@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests that need the real MNIST use `mnist_root` and skip cleanly when it is absent."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def find_mnist_root():
+    """The data root holding MNIST/raw: $CLBENCH_DATA first, then <repo>/../shared/datasets; else None."""
+    candidates = [os.environ.get("CLBENCH_DATA"), REPO.parent / "shared" / "datasets"]
+    for root in candidates:
+        raw = Path(root) / "MNIST" / "raw" if root else None
+        if raw and all((raw / f).is_file() for f in MNIST_FILES):
+            return str(Path(root).resolve())
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_root():
+    root = find_mnist_root()
+    if root is None:
+        pytest.skip("real MNIST not found (set CLBENCH_DATA to a root holding MNIST/raw, "
+                    "or place it at <repo>/../shared/datasets)")
+    return root

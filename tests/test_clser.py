@@ -1,0 +1,79 @@
+"""CLS-ER: the EMA update rule, the stable/plastic/working speeds, and the three evaluated models."""
+import pytest
+import torch
+
+from clbench.config import ConfigError, compose
+from clbench.engine import prepare, run
+
+BASE = ["benchmark=split-digits", "strategy=clser", "wandb.mode=disabled", "device=cpu", "train.epochs=2",
+        "strategy.buffer_size=100"]
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_ema_update_matches_the_formula_with_warm_up():
+    s = prepare(compose(BASE)).strategy
+    with torch.no_grad():
+        for p in s.model.parameters():
+            p.fill_(1.0)
+        for p in s.stable.parameters():
+            p.fill_(0.0)
+    s.global_step = 1           # warm-up: a = min(1 - 1/2, 0.999) = 0.5
+    s._ema(s.stable, 0.999)
+    assert torch.allclose(_flat(s.stable), torch.full_like(_flat(s.stable), 0.5))
+    s.global_step = 10_000      # a = min(1 - 1/10001, 0.9) = 0.9
+    s._ema(s.stable, 0.9)
+    assert torch.allclose(_flat(s.stable), torch.full_like(_flat(s.stable), 0.9 * 0.5 + 0.1))
+
+
+def test_stable_model_changes_more_slowly_than_plastic_and_working():
+    r = prepare(compose(BASE))
+    s, stream = r.strategy, r.stream
+    s.train(stream.experiences[0])
+    before = {k: _flat(m).clone() for k, m in s.models().items()}
+    s.train(stream.experiences[1])
+    moved = {k: float((_flat(m) - before[k]).norm()) for k, m in s.models().items()}
+    assert moved["stable"] < moved["plastic"] < moved["working"], moved
+    # gates: r_P = 0.9 > r_S = 0.7 -> the plastic model was updated more often
+    assert s.ema_updates["plastic"] > s.ema_updates["stable"] > 0
+
+
+def test_consistency_target_is_the_ema_model_more_confident_on_the_true_label():
+    s = prepare(compose(BASE + ["strategy.reg_weight=1.0"])).strategy
+    exp = prepare(compose(BASE)).stream.experiences[0]
+    batch = exp.train.get(torch.arange(8))
+    s.buffer.add(batch)
+    with torch.no_grad():   # plastic = working, stable = 0: only the plastic model is confident
+        for pp, p in zip(s.plastic.parameters(), s.model.parameters()):
+            pp.copy_(p)
+        for p in s.stable.parameters():
+            p.zero_()
+    s.mem_batch = 8
+    # stable logits are all 0 (p = 0.1 on every label); the working model's own logits must be chosen
+    # wherever it is more confident than 0.1, making those samples' MSE term exactly 0
+    logits = s.model(batch.x)
+    p_true = torch.softmax(logits, 1).gather(1, batch.y[:, None]).squeeze(1)
+    if not bool((p_true > 0.1).all()):
+        pytest.skip("untrained model not confident enough on this batch")
+    ce = torch.nn.functional.cross_entropy(s.forward(torch.cat([batch.x, batch.x])), torch.cat([batch.y, batch.y]))
+    total = s.loss(batch)
+    assert torch.allclose(total, ce, atol=1e-6)
+
+
+def test_bad_eval_model_is_refused():
+    with pytest.raises(ConfigError, match="eval_model"):
+        prepare(compose(BASE + ["strategy.eval_model=slow"]))
+
+
+def test_all_three_models_are_evaluated_and_logged(tmp_path):
+    result, _ = run(BASE + [f"out={tmp_path}", "progress=false"], console=False)
+    models = result["strategy_state"]["models"]
+    assert set(models) == {"stable", "plastic", "working"}
+    for m in models.values():
+        assert len(m["accuracy_matrix"]) == 5 and m["acc"] is not None
+    # the main accuracy matrix is the stable model's (eval_model=stable)
+    assert models["stable"]["accuracy_matrix"] == result["accuracy_matrix"]
+    result_w, _ = run(BASE + [f"out={tmp_path}", "progress=false", "strategy.eval_model=working"], console=False)
+    assert result_w["strategy_state"]["models"]["working"]["accuracy_matrix"] == result_w["accuracy_matrix"]
