@@ -77,8 +77,8 @@ def main() -> None:
                         "bwt_mean": bwt.mean(), "bwt_std": bwt.std(ddof=1) if len(rs) > 1 else 0.0,
                         "final_row_mean": final.mean(0).tolist()}
         s = summary[arm]
-        lines.append(f"| {arm} | {s['acc_mean']:.2f} ± {s['acc_std']:.2f} | {s['bwt_mean']:.2f} ± {s['bwt_std']:.2f} | "
-                     + " / ".join(f"{v:.1f}" for v in s["final_row_mean"]) + f" | {rs[0]['rehearsed']} |")
+        lines.append(f"| {arm} | {s['acc_mean']:.2f} ± {s['acc_std']:.2f} | "
+                     f"{s['bwt_mean']:.2f} ± {s['bwt_std']:.2f} | " + " / ".join(f"{v:.1f}" for v in s["final_row_mean"]) + f" | {rs[0]['rehearsed']} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json.dump({"protocol": PROTOCOL, "arms": ARMS, "seeds": args.seeds, "runs": rows, "summary": summary},

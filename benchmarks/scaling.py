@@ -13,6 +13,7 @@ size/bytes as it fills.
 
     python benchmarks/scaling.py                          # T = 5 10 20, seed 0, full MNIST per task
     python benchmarks/scaling.py --train-samples 10000    # 10,000 training images per task (faster)
+    python benchmarks/scaling.py --train-samples 10000 --test-per-class 200   # what ran on the busy machine
     python benchmarks/scaling.py --quick                  # smoke check: T = 2 4, 1,000 images per task
 """
 from __future__ import annotations
@@ -45,6 +46,8 @@ def overrides(args) -> list[str]:
          "wandb.mode=disabled", "progress=false", f"data.root={args.data_root}", f"device={args.device}"]
     if args.train_samples:
         o.append(f"scenario.train_samples_per_task={args.train_samples}")
+    if args.test_per_class:
+        o.append(f"dataset.test_per_class={args.test_per_class}")
     return o + list(args.clbench_override)
 
 
@@ -95,6 +98,8 @@ def spawn(tasks: int, seed: int, args) -> dict:
            "--device", args.device, "--threads", str(args.threads), "--data-root", args.data_root]
     if args.train_samples:
         cmd += ["--train-samples", str(args.train_samples)]
+    if args.test_per_class:
+        cmd += ["--test-per-class", str(args.test_per_class)]
     for o in args.clbench_override:
         cmd += ["--clbench-override", o]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
@@ -137,6 +142,7 @@ def summarize(r: dict) -> dict:
 def markdown(report: dict) -> str:
     a, rows = report["args"], report["summary"]
     n_train = report["runs"][0]["n_train"][0] if report["runs"] else "-"
+    n_test = report["runs"][0]["n_test"][0] if report["runs"] else "-"
     lines = ["# Scaling: permuted-MNIST with a growing number of tasks (clbench, replay)", "",
              f"Command: `{report['command']}`  ",
              f"Date: {report['date']}; device: {', '.join(sorted({r['device'] for r in rows}))}; torch threads: "
@@ -145,7 +151,7 @@ def markdown(report: dict) -> str:
              f"Protocol: replay (reservoir, {P['buffer_size']} samples, {P['batch_size']} new + "
              f"{P['mem_batch_size']} memory per step), MLP 784-400-400-10, {P['epochs']} epoch, SGD lr {P['lr']} "
              f"momentum {P['momentum']}; {n_train} training images per task; evaluation on all T test tasks "
-             f"(10,000 images each) before training and after every experience. Seeds: {a['seeds']}.", "",
+             f"({n_test} images each) before training and after every experience. Seeds: {a['seeds']}.", "",
              "Times are CPU seconds of the process (wall times, inflated by other load, are in the JSON).", "",
              "| T | seed | train / task (s), mean [min, max] | train last/first third | eval / call (s) | "
              "eval last/first third | eval per test image (us) | eval share | train+eval wall (s) | "
@@ -173,6 +179,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--train-samples", type=int, default=None,
                     help="training images per task (scenario.train_samples_per_task; default: all 60,000)")
+    ap.add_argument("--test-per-class", type=int, default=None,
+                    help="test images per class and task (dataset.test_per_class; default: all, 10,000 per task)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-root", default=default_root())

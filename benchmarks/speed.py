@@ -105,7 +105,8 @@ def make_mlp(n_in: int = 784):
 def clbench_overrides(args) -> list[str]:
     return ["benchmark=split-mnist", "strategy=replay", f"seed={args.seed}", "stream_seed=0",
             f"scenario.n_experiences={P['n_experiences']}", f"scenario.class_order={P['class_order']}",
-            f"strategy.buffer_size={P['buffer_size']}", f"strategy.mem_batch_size={P['mem_batch_size']}",
+            "strategy.buffer=reservoir", f"strategy.buffer_size={P['buffer_size']}",
+            f"strategy.mem_batch_size={P['mem_batch_size']}",
             f"train.batch_size={P['batch_size']}", f"train.epochs={P['epochs']}", "train.optimizer=sgd",
             f"train.lr={P['lr']}", f"train.momentum={P['momentum']}", "train.weight_decay=0.0",
             "train.reset_optimizer=true", "model.name=mlp", "model.bias=true", f"model.width={P['width']}",
@@ -367,6 +368,7 @@ def summarize(runs: list[dict], methods) -> dict:
             "final_acc_mean": statistics.mean(accs),
             "final_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "final_acc_by_seed": {str(k): statistics.mean(v) for k, v in sorted(by_seed.items())},
+            "final_rows_by_seed": {str(r["seed"]): r["final_row"] for r in sorted(rs, key=lambda r: r["seed"])},
         }
     return s
 
@@ -382,6 +384,8 @@ def ratios(s: dict) -> dict:
         out[key] = {"clbench/bare": r("clbench", "bare", key), "avalanche/clbench": r("avalanche", "clbench", key),
                     "avalanche/bare": r("avalanche", "bare", key)}
     acc = {m: s[m]["final_acc_mean"] for m in s}
+    if "clbench" in s and "bare" in s:  # same seed, same RNG use: the two should agree exactly
+        out["clbench_equals_bare"] = s["clbench"]["final_rows_by_seed"] == s["bare"]["final_rows_by_seed"]
     out["final_acc_max_gap_points"] = 100 * (max(acc.values()) - min(acc.values())) if acc else None
     return out
 
@@ -441,7 +445,11 @@ def markdown(report: dict) -> str:
                      ("train_eval_s", "train_eval_cpu_s", "train_s", "eval_s", "process_wall_s", "process_cpu_s",
                       "peak_rss_mb")) + " |")
     lines += ["", f"Largest gap in mean final accuracy between methods: {fmt(rt['final_acc_max_gap_points'], '.2f')} "
-              "points.", "", "Per-seed final accuracy (%):", ""]
+              "points.", ""]
+    if "clbench_equals_bare" in rt:
+        lines += [f"clbench and the bare loop give identical accuracy rows for every seed (same initial weights, "
+                  f"same RNG use): {'yes' if rt['clbench_equals_bare'] else 'NO'}.", ""]
+    lines += ["Per-seed final accuracy (%):", ""]
     for m, v in s.items():
         lines.append(f"- {m}: " + ", ".join(f"seed {k}: {100 * x:.2f}" for k, x in v["final_acc_by_seed"].items()))
     return "\n".join(lines) + "\n"

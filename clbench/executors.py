@@ -19,7 +19,6 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -243,13 +242,13 @@ class SubmititExecutor(Executor):
         self.executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         self.fallback = None
         if self.cluster is None and self.executor.cluster != "slurm":
-            warnings.warn("executor=submitit: no SLURM here (`srun` not found); running the sweep with the "
-                          "local executor instead (set submitit.cluster=local to use submitit's local runner)")
+            print("clbench sweep: executor=submitit: no SLURM here (`srun` not found); running the sweep with "
+                  "the local executor instead (submitit.cluster=local uses submitit's local runner)", file=sys.stderr)
             self.fallback = LocalExecutor(workers, threads)
             return
         try:
             self.executor.update_parameters(**self.params)
-        except (TypeError, ValueError) as e:
+        except (NameError, TypeError, ValueError) as e:  # submitit names the valid parameters
             raise ConfigError(f"bad 'submitit.*' option: {e}") from None
 
     def describe(self) -> str:
@@ -307,7 +306,8 @@ def make_executor(settings: dict, out=None) -> Executor:
         opts = dict(settings.get("ray") or {})
         for k in opts:
             if k not in RayExecutor.OPTIONS:
-                raise ConfigError(f"unknown key 'ray.{k}'.{did_you_mean(k, RayExecutor.OPTIONS)} "
+                valid = [f"ray.{o}" for o in RayExecutor.OPTIONS]
+                raise ConfigError(f"unknown key 'ray.{k}'.{did_you_mean('ray.' + k, valid)} "
                                   f"Valid keys: {', '.join('ray.' + o for o in RayExecutor.OPTIONS)}")
         return RayExecutor(threads=threads, **opts)
     return SubmititExecutor(settings.get("submitit") or {}, out or ".", workers, threads)

@@ -75,6 +75,13 @@ class ConsoleLogger(Logger):
     def finish(self, run, result: dict) -> None:
         print(format_matrix(result["accuracy_matrix"], result["initial_accuracy"]), file=self.out)
         print(format_metrics(result["metrics"]), file=self.out)
+        if result.get("reference"):
+            ref = result["reference"]
+            print(f"Intransigence reference ({ref['kind']}): {ref['strategy']} run {ref['run_id']}", file=self.out)
+        if result.get("anytime"):
+            a = result["anytime"]
+            print(f"Anytime evaluation: {len(a['step'])} points every {a['every_steps']} steps "
+                  f"(result.json key 'anytime')", file=self.out)
         t = result["timing"]
         print(f"Time: total {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s)",
               file=self.out, flush=True)

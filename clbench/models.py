@@ -98,8 +98,8 @@ class ReducedResNet18(nn.Module):
 
     The ResNet-18 layout [2, 2, 2, 2] with `nf` = 20 base filters (instead of 64), a 3x3 stride-1 stem
     without max-pooling, global average pooling and one linear classifier over all classes. `nf=64` gives
-    the full-width ResNet-18 of mammoth (same code path). `track_running_stats=False` reproduces GPM's batch-statistics BN;
-    `first_stride=2` is the stem GPM uses on 84x84 miniImageNet."""
+    the full-width ResNet-18 of mammoth (same code path). `track_running_stats=False` reproduces GPM's
+    batch-statistics BN; `first_stride=2` is the stem GPM uses on 84x84 miniImageNet."""
 
     def __init__(self, input_shape, n_classes: int, normalize: nn.Module, nf: int = 20,
                  track_running_stats: bool = True, first_stride: int = 1):

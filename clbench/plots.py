@@ -38,12 +38,14 @@ def _stack(results: list[dict], key: str) -> np.ndarray:
     return np.stack([np.asarray(r[key], dtype=float) for r in results]) * 100
 
 
-def _task_labels(result: dict) -> list[str]:
-    tasks = result.get("stream", {}).get("eval_tasks", [])
-    n = len(result["initial_accuracy"])
+def _task_labels(results: list[dict]) -> list[str]:
+    """T<j>, with its classes when every run has the same ones (seeds may draw different class orders)."""
+    per_run = [[t.get("classes") for t in r.get("stream", {}).get("eval_tasks", [])] for r in results]
+    tasks = per_run[0] if all(p == per_run[0] for p in per_run) else []
+    n = len(results[0]["initial_accuracy"])
     out = []
     for j in range(n):
-        classes = tasks[j]["classes"] if j < len(tasks) else None
+        classes = tasks[j] if j < len(tasks) else None
         if classes and len(classes) <= 3:
             out.append(f"T{j}\n({','.join(map(str, classes))})")
         else:
@@ -74,12 +76,12 @@ def heatmap_figure(results, label: str | None = None):
     for j, row in enumerate(_learned_at(results[0])):  # the "just learned" cell of each task
         ax.add_patch(plt.Rectangle((j - 0.5, row + 1 - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.6))
     ax.axhline(0.5, color="white", lw=2)
-    ax.set_xticks(range(n_cols), _task_labels(results[0]), fontsize=8)
+    ax.set_xticks(range(n_cols), _task_labels(results), fontsize=8)
     kinds = [e.get("kind", "new") for e in results[0].get("stream", {}).get("experiences", [])]
     ylabels = ["init"] + [f"after exp {i}" + (" (reh.)" if i < len(kinds) and kinds[i] == "rehearsal" else "")
                           for i in range(n_rows - 1)]
     ax.set_yticks(range(n_rows), ylabels, fontsize=8)
-    ax.set_xlabel("evaluation task (classes)")
+    ax.set_xlabel("evaluation task" + (" (classes)" if "\n" in "".join(_task_labels(results)) else ""))
     ax.set_ylabel("after training on")
     ax.set_title(_title(results, "Accuracy matrix R (%), red: task just learned", label), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
@@ -98,7 +100,7 @@ def task_curves_figure(results, label: str | None = None):
     std = M.std(0, ddof=1) if len(results) > 1 else np.zeros_like(mean)
     x = np.arange(mean.shape[0])
     learned = _learned_at(results[0])
-    labels = [lab.replace("\n", " ") for lab in _task_labels(results[0])]
+    labels = [lab.replace("\n", " ") for lab in _task_labels(results)]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.7 * len(x)), 4.2), dpi=120)
     for j in range(mean.shape[1]):
         c = COLORS[j % len(COLORS)]
@@ -109,7 +111,9 @@ def task_curves_figure(results, label: str | None = None):
     avg_seen = [np.mean([mean[i, j] for j in range(mean.shape[1]) if learned[j] <= i - 1])
                 if any(l <= i - 1 for l in learned) else np.nan for i in x]
     ax.plot(x, avg_seen, "--", color="black", lw=2, label="mean over tasks learned so far")
-    ax.set_xticks(x, ["init"] + [str(i) for i in range(len(x) - 1)])
+    kinds = [e.get("kind", "new") for e in results[0].get("stream", {}).get("experiences", [])]
+    ax.set_xticks(x, ["init"] + [f"{i}" + ("\nreh." if i < len(kinds) and kinds[i] == "rehearsal" else "")
+                                 for i in range(len(x) - 1)])
     ax.set_xlabel("after training experience")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-3, 103)

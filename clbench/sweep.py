@@ -23,8 +23,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -390,16 +392,56 @@ def _publish_here(out: Path, run_id: str, result: dict) -> None:
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _sweep_lock(out: Path):
+    """One sweep process per folder: a second one would re-run (and clobber) the first one's pending runs."""
+    lock, me = out / ".sweep.lock", f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            host, _, pid = lock.read_text().strip().partition(":")
+            if host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid))):
+                raise ConfigError(f"sweep folder {out} is in use by another clbench sweep ({host} pid {pid}); "
+                                  f"wait for it, or delete {lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # left behind by a sweep that was killed
+    else:
+        raise ConfigError(f"could not lock the sweep folder {out} ({lock})")
+    os.write(fd, me.encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_sweep(spec: SweepSpec, argv: Optional[list[str]] = None, log=None) -> SweepResult:
     """Plan, skip what is complete, run the rest, aggregate. Never raises for a failing run."""
-    from clbench.executors import Task, make_executor
+    from clbench.executors import make_executor
 
     log = log or sys.stderr
     t_start = time.time()
     runs = plan(spec)
     executor = make_executor(spec.settings, spec.out)  # bad executor settings fail before anything is written
+    spec.out.mkdir(parents=True, exist_ok=True)
+    with _sweep_lock(spec.out):
+        return _run_planned(spec, runs, executor, argv, log, t_start)
+
+
+def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t_start: float) -> SweepResult:
+    from clbench.executors import Task
     out = spec.out
-    out.mkdir(parents=True, exist_ok=True)
     failed_dir = out / "failed"
     status: dict[str, dict] = {}
     todo: list[PlannedRun] = []
@@ -434,7 +476,8 @@ def run_sweep(spec: SweepSpec, argv: Optional[list[str]] = None, log=None) -> Sw
                     _publish_here(out, o.run_id, o.result)
                 if o.status == "done" and is_complete(out / o.run_id):
                     entry["status"] = "done"
-                    entry.pop("error", None), entry.pop("traceback_file", None)
+                    entry.pop("error", None)
+                    entry.pop("traceback_file", None)
                     (failed_dir / f"{o.run_id}.txt").unlink(missing_ok=True)
                 else:
                     error = o.error or "the run reported success but left no complete result.json"

@@ -93,16 +93,20 @@ class PixelMap:
 
     def __init__(self, src: Tensor):
         self.src = src.long()
-        self.blank = bool((self.src < 0).any())
-        self._index = torch.where(self.src < 0, torch.full_like(self.src, len(self.src)), self.src)
+        self._index = self.src.clamp(min=0)
+        # 0 where the pixel comes from outside the image (rotations), else 1; None when there is none
+        self._keep = (self.src >= 0).to(torch.uint8) if bool((self.src < 0).any()) else None
 
     def __call__(self, x: Tensor) -> Tensor:
         flat = x.flatten(2) if x.dim() >= 3 else x.unsqueeze(1)
         if self._index.device != x.device:
             self._index = self._index.to(x.device)
-        if self.blank:  # one zero pixel at the end stands for "outside the image"
-            flat = torch.cat([flat, flat.new_zeros(*flat.shape[:-1], 1)], dim=-1)
-        out = flat[..., self._index]
+            self._keep = None if self._keep is None else self._keep.to(x.device)
+        # gather with an expanded index (and a multiply for blanks) is several times faster on CPU than
+        # advanced indexing or masked_fill
+        out = flat.gather(-1, self._index.expand(flat.shape))
+        if self._keep is not None:
+            out = out * self._keep.to(out.dtype)
         return out.reshape(x.shape)
 
     def digest(self) -> str:

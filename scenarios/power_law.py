@@ -91,7 +91,8 @@ class PowerLaw:
                 raise ConfigError(f"bad value for 'scenario.{key}': {value!r}; valid choices: {', '.join(valid)}")
         self.base = dict(base or {"name": "permuted"})
         if "name" not in self.base:
-            raise ConfigError("bad value for 'scenario.base': it needs a 'name' (e.g. {name: permuted, n_experiences: 10})")
+            raise ConfigError("bad value for 'scenario.base': it needs a 'name' "
+                              "(e.g. {name: permuted, n_experiences: 10})")
         if not isinstance(alpha, (int, float)) or alpha < 0:
             raise ConfigError(f"bad value for 'scenario.alpha': expected a number >= 0, got {alpha!r}")
         if not isinstance(lam, (int, float)) or lam < 0:

@@ -47,19 +47,23 @@ class Rotated:
 
     setting = "domain-il"
 
-    def __init__(self, n_experiences: Optional[int] = 10, angles: Optional[list] = None,
+    def __init__(self, n_experiences: Optional[int] = None, angles: Optional[list] = None,
                  angle_range: tuple = (0.0, 180.0), train_samples_per_task: Optional[int] = None):
         if angles is not None:
             if n_experiences is not None and int(n_experiences) != len(angles):
                 raise ConfigError(f"bad value for 'scenario.angles': {len(angles)} angles for "
                                   f"n_experiences={n_experiences} (set n_experiences=null or match them)")
             self.angles = [float(a) for a in angles]
+            if not self.angles:
+                raise ConfigError("bad value for 'scenario.angles': expected a non-empty list of degrees")
         else:
             if len(angle_range) != 2 or not angle_range[0] < angle_range[1]:
                 raise ConfigError(f"bad value for 'scenario.angle_range': expected [low, high] with low < high, "
                                   f"got {angle_range!r}")
             self.angles = None
-        self.n_experiences = len(angles) if angles is not None else check_positive_int(n_experiences, "n_experiences")
+        # without explicit angles: n_experiences angles drawn as in GEM (10 when not given)
+        self.n_experiences = (len(self.angles) if self.angles is not None else
+                              check_positive_int(10 if n_experiences is None else n_experiences, "n_experiences"))
         self.angle_range = tuple(float(a) for a in angle_range)
         self.train_samples_per_task = (None if train_samples_per_task is None else
                                        check_positive_int(train_samples_per_task, "train_samples_per_task"))

@@ -16,7 +16,8 @@ activations in place of the spiking firing rates:
 
     Hebbian update (5 iterations per batch): y = x H^T, x_hat = y H,
         dH = clamp(y^T (x - x_hat) / B, -10, 10)   (Oja's subspace rule: Hebbian y x^T, anti-Hebbian y y^T H)
-        V <- 0.9 V + 0.1 dH (new rows);  H <- H + lr_l V
+        V <- 0.9 V + 0.1 dH (new rows);  H <- H + lr V,  lr = min(lr_l, 1 / mean_B |x|^2)
+        (the cap is this port's addition: ANN activations are unbounded, and Oja's rule diverges beyond it)
 
 The subspace is learned while the task trains (streaming PCA), not by a decomposition at task end.
 """
@@ -64,13 +65,16 @@ class HebbianSubspace:
         if self.H.shape[0] == self.n_old:
             return
         x = x.float()
+        # ANN port: activations are unbounded (the SNN feeds firing rates in [0, 1]) and Oja's rule diverges
+        # once lr * |x|^2 > 2; cap the step at lr * mean|x|^2 <= 1 (inactive when the official lr is stable).
+        lr = min(self.lr, 1.0 / max(float((x ** 2).sum(1).mean()), 1e-12))
         for _ in range(iterations):
             y = x @ self.H.T
             x_hat = y @ self.H
             dH = torch.clamp(y.T @ (x - x_hat) / x.shape[0], -10, 10)
             new = slice(self.n_old, None)
             self.V[new] = self.m * self.V[new] + (1 - self.m) * dH[new]
-            self.H[new] += self.lr * self.V[new]
+            self.H[new] += lr * self.V[new]
 
     def orthonormality_error(self) -> float:
         """||H H^T - I||_F: the projection x - H^T H x is exact only when this is ~0."""

@@ -90,6 +90,8 @@ def _tamper(sub, kind):
         s["seeds"] = [0, 1, 1]
     elif kind == "version":
         s["benchmark"]["version"] = 2
+    elif kind == "protocol":
+        s["config"]["scenario"]["class_order"] = [1, 0, 2, 3, 4, 5, 6, 7, 8, 9]   # another stream
     return s
 
 
@@ -104,6 +106,7 @@ def _tamper(sub, kind):
     ("summary", "summary", "summary 'acc' claims"),
     ("duplicate", "duplicate_seeds", "seeds must be distinct"),
     ("version", "benchmark", "is not the shipped version 1"),
+    ("protocol", "protocol", "config.scenario differs from the shipped benchmark"),
 ])
 def test_tampering_is_rejected_with_its_own_reason(naive, kind, code, text):
     issues = validate_submission(_tamper(naive["sub"], kind))
@@ -212,7 +215,7 @@ def test_render_writes_the_board(naive, tmp_path):
     write_json_atomic(subs / f"{bad['id']}.json", bad)
     out = render(subs, tmp_path / "board")
     md = out["markdown"].read_text()
-    assert "## split-digits v1" in md and "| 1 | naive (`naive`) |" in md
+    assert "## split-digits v1" in md and "| 1 | naive |" in md
     acc = naive["sub"]["summary"]["acc"]
     assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in md
     assert "## Rejected submissions" in md and "tampered" in md          # shown as rejected, not ranked

@@ -99,6 +99,8 @@ def test_end_to_end_with_a_base(base, tmp_path):
                     console=False)
     state = result["strategy_state"]
     assert state["refresh"]["base"] == base and state["refresh"]["unlearn_steps"] > 0
-    assert result["metrics"]["acc"] > 0.3
     if base == "clser":     # the wrapper passes the three-model evaluation through
         assert len(state["models"]["stable"]["accuracy_matrix"]) == 5
+        assert state["models"]["working"]["acc"] > 0.3
+    else:
+        assert result["metrics"]["acc"] > 0.3

@@ -69,7 +69,8 @@ def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None
         if k is None:
             continue
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, got {k!r}")
+            raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, "
+                              f"got {k!r}")
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         idx = per_class_subset(y.cpu(), k).to(y.device)
         setattr(ds, f"x_{split}", x[idx])

@@ -33,7 +33,8 @@ def _resolve(path, root, what: str) -> Path:
     for c in candidates:
         if c.exists():
             return c
-    raise DatasetNotFoundError(f"dataset '{what}': '{path}' not found (searched {', '.join(str(c) for c in candidates)})")
+    searched = ", ".join(str(c) for c in candidates)
+    raise DatasetNotFoundError(f"dataset '{what}': '{path}' not found (searched {searched})")
 
 
 def _channels_first(x: torch.Tensor) -> torch.Tensor:

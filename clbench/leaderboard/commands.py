@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     s.add_argument("--name", help="display name of the method (default: the strategy name)")
     s.add_argument("--select", metavar="HASH_PREFIX",
                    help="when the folders hold several configs, the seed-free config hash to submit")
+    s.add_argument("--all", action="store_true",
+                   help="one submission per configuration found (e.g. every strategy of a sweep)")
     s.add_argument("--notes", default="", help="free text stored with the submission")
     s.add_argument("--out", default=f"{DEFAULT_DIR}/submissions", help="submissions folder")
     s.add_argument("--force", action="store_true", help="replace an existing submission with the same id")
@@ -44,9 +46,20 @@ def run(args) -> int:
 
 
 def _submit(args) -> int:
+    from clbench.leaderboard.submission import config_groups
+    if args.all:
+        if args.name or args.select:
+            print("clbench: error: --all submits every configuration under its strategy name; "
+                  "it cannot be combined with --name or --select", file=sys.stderr)
+            return 2
+        return max(_submit_one(args, h) for h in config_groups(args.paths))
+    return _submit_one(args, args.select)
+
+
+def _submit_one(args, select) -> int:
     from clbench.leaderboard.submission import build_submission, save_submission
     from clbench.leaderboard.validate import validate_submission
-    sub = build_submission(args.paths, name=args.name, select=args.select, notes=args.notes)
+    sub = build_submission(args.paths, name=args.name, select=select, notes=args.notes)
     issues = validate_submission(sub)
     if issues:  # a freshly built submission must validate; anything else is a bug worth seeing
         print("clbench: error: the built submission does not validate:\n" +

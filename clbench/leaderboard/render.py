@@ -59,17 +59,28 @@ def _track_id(name: str, version) -> str:
 
 
 def deviations(sub: dict, shipped: dict) -> list[str]:
-    """Training settings that differ from the shipped benchmark (allowed, but shown on the board)."""
+    """Model and training settings that differ from the shipped benchmark (allowed, shown on the board)."""
     out = []
-    for key, v in sorted((sub["config"].get("train") or {}).items()):
-        if (shipped.get("train") or {}).get(key) != v:
-            out.append(f"train.{key}={v}")
+    for section in ("model", "train"):
+        mine, theirs = sub["config"].get(section) or {}, shipped.get(section) or {}
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                out.append(f"{section}.{key}={mine.get(key)}")
     return out
 
 
+def _hp_text(e: Entry) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(e.sub["method"].get("hyperparameters", {}).items()))
+
+
 def _config_text(e: Entry) -> str:
-    hp = [f"{k}={v}" for k, v in sorted(e.sub["method"].get("hyperparameters", {}).items())]
-    return ", ".join(hp + e.deviations) or "defaults"
+    return ", ".join([x for x in (", ".join(e.deviations), _hp_text(e)) if x]) or "defaults"
+
+
+def _method_text(e: Entry) -> tuple[str, str]:
+    """(display name, strategy in brackets when it differs from the name)."""
+    m = e.sub["method"]
+    return m["name"], ("" if m["name"] == m["strategy"] else m["strategy"])
 
 
 def write_heatmap(sub: dict, path: Path) -> Path:
@@ -99,6 +110,11 @@ def collect(submissions_dir) -> tuple[list[Entry], dict[Path, list[ValidationIss
             continue
         with open(path) as f:
             sub = json.load(f)
+        twin = next((e for e in entries if e.sub["config_hash"] == sub["config_hash"]
+                     and e.sub["benchmark"] == sub["benchmark"]), None)
+        if twin is not None:  # the same configuration twice (e.g. under two names) would count it twice
+            rejected[path] = [ValidationIssue("duplicate", f"same benchmark and config_hash as {twin.path.name}")]
+            continue
         shipped = load_benchmark(sub["benchmark"]["name"])
         entries.append(Entry(sub=sub, path=path, status=verification_status(sub),
                              deviations=deviations(sub, shipped)))
@@ -106,7 +122,7 @@ def collect(submissions_dir) -> tuple[list[Entry], dict[Path, list[ValidationIss
 
 
 def tracks(entries: list[Entry]) -> list[tuple[dict, list[Entry]]]:
-    """Every shipped benchmark as a track (empty ones too), entries ranked by mean ACC."""
+    """Every shipped benchmark as a track, entries ranked by mean ACC; tracks with entries first."""
     out = []
     for name in benchmark_names():
         b = load_benchmark(name)
@@ -115,7 +131,7 @@ def tracks(entries: list[Entry]) -> list[tuple[dict, list[Entry]]]:
         rows.sort(key=lambda e: (-(e.metric("acc")["mean"] if e.metric("acc")["mean"] is not None else -1), e.id))
         out.append(({"name": key[0], "version": key[1], "description": b.get("description", ""),
                      "id": _track_id(*key)}, rows))
-    return out
+    return sorted(out, key=lambda t: not t[1])   # stable: alphabetical within each group
 
 
 def _columns(rows: list[Entry]) -> list[tuple[str, str]]:
@@ -135,22 +151,27 @@ def render_markdown(track_rows, out_dir: Path, rejected) -> str:
              "Metric definitions: docs/metrics.md. How to submit and verify: docs/leaderboard.md. "
              "Interactive, sortable version: [index.html](index.html).", ""]
     for track, rows in track_rows:
-        lines += [f"## {track['name']} v{track['version']}", "", track["description"], ""]
         if not rows:
-            lines += ["_No entries yet._", ""]
             continue
+        lines += [f"## {track['name']} v{track['version']}", "", track["description"], ""]
         cols = _columns(rows)
         head = ["#", "Method"] + [f"{h} ({M.direction(k)})" for k, h in cols] + \
                ["n", "Verified", "Config", "Time/seed (s)", "Heatmap", "Submission"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for rank, e in enumerate(rows, 1):
-            cells = [str(rank), f"{e.sub['method']['name']} (`{e.sub['method']['strategy']}`)"]
+            name, strat = _method_text(e)
+            cells = [str(rank), name + (f" (`{strat}`)" if strat else "")]
             cells += [_pct(e.metric(k)) for k, _ in cols]
             cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], _config_text(e).replace("|", "\\|"),
                       f"{e.sub['timing']['mean_per_seed_s']:.1f}",
                       f"[png]({_rel(e.heatmap, out_dir)})" if e.heatmap else "–",
                       f"[json]({_rel(e.path, out_dir)})"]
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    empty = [t for t, rows in track_rows if not rows]
+    if empty:
+        lines += ["## Tracks without entries yet", ""]
+        lines += [f"- {t['name']} v{t['version']}: {t['description']}" for t in empty]
         lines.append("")
     if rejected:
         lines += ["## Rejected submissions", ""]
@@ -172,6 +193,7 @@ th[aria-sort="ascending"]::after { content: " ▲"; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 .verified { color: #137333; } .failed { color: #b3261e; } .stale { color: #a05a00; }
 .muted { color: #777; font-size: 0.85rem; }
+td.config { max-width: 22rem; } .hp { color: #666; font-size: 0.8rem; } .dev { font-weight: 600; }
 """
 
 JS = r"""
@@ -240,12 +262,11 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
              "✓ verified: a maintainer re-ran one seed from the submitted config and R agreed within the stated "
              "tolerance (docs/leaderboard.md).</p>"]
     for track, rows in track_rows:
+        if not rows:
+            continue
         tid = track["id"]
         parts.append(f'<section class="track"><h2>{html.escape(track["name"])} v{track["version"]}</h2>'
                      f'<p class="muted">{html.escape(track["description"])}</p>')
-        if not rows:
-            parts.append('<p class="empty">No entries yet.</p></section>')
-            continue
         cols = _columns(rows)
         heads = ['<th data-key="rank" class="sortable" data-first="ascending">#</th>',
                  '<th data-key="method" class="sortable text" data-first="ascending">Method</th>']
@@ -265,8 +286,9 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
             rec = e.status["record"] or {}
             tip = html.escape(f"{rec.get('reason', '')}; {rec.get('tolerance_rule', '')}; {rec.get('date', '')}")
             cells = [_td(str(rank), rank),
-                     _td(f'{html.escape(e.sub["method"]["name"])} <code>{html.escape(e.sub["method"]["strategy"])}'
-                         f'</code>', e.sub["method"]["name"], "text method", raw=True)]
+                     _td(html.escape(_method_text(e)[0]) + (f' <code>{html.escape(_method_text(e)[1])}</code>'
+                                                            if _method_text(e)[1] else ""),
+                         e.sub["method"]["name"], "text method", raw=True)]
             for k, _ in cols:
                 s = e.metric(k)
                 cells.append(_td(_pct(s), s["mean"]))
@@ -276,11 +298,18 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
             links.append(f'<a class="submission" href="{html.escape(_rel(e.path, out_dir))}">json</a>')
             cells += [_td(str(len(e.sub["runs"])), len(e.sub["runs"])),
                       f'<td data-sort="{STATUS_ORDER[st]}" class="{st}" title="{tip}">{STATUS_TEXT[st]}</td>',
-                      _td(_config_text(e), None, "text"),
+                      _td((f'<span class="dev">{html.escape(", ".join(e.deviations))}</span><br>'
+                           if e.deviations else "") + f'<span class="hp">{html.escape(_hp_text(e) or "defaults")}</span>',
+                          None, "text config", raw=True),
                       _td(f"{e.sub['timing']['mean_per_seed_s']:.1f}", e.sub["timing"]["mean_per_seed_s"]),
                       _td(" · ".join(links), None, "text", raw=True)]
             parts.append(f'<tr data-id="{html.escape(e.id)}">' + "".join(cells) + "</tr>")
         parts.append("</tbody></table></section>")
+    empty = [t for t, rows in track_rows if not rows]
+    if empty:
+        parts.append('<h2>Tracks without entries yet</h2><ul class="empty">')
+        parts += [f"<li>{html.escape(t['name'])} v{t['version']}: {html.escape(t['description'])}</li>" for t in empty]
+        parts.append("</ul>")
     if rejected:
         parts.append("<h2>Rejected submissions</h2><ul>")
         for path, issues in rejected.items():

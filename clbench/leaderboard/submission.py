@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Optional
 
-from clbench.config import SEED_KEYS, ConfigError, config_hash, group_hash, load_benchmark
+from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, config_hash, group_hash, load_benchmark
 from clbench.registry import STRATEGIES, UnknownNameError
 from clbench.results import REQUIRED_KEYS, load_result, write_json_atomic
 
@@ -175,7 +175,7 @@ def _load_runs(files: list[Path]) -> list[dict]:
 def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(a) | set(b)):
-        if k in SEED_KEYS and not prefix:
+        if not prefix and (k in SEED_KEYS or k in NON_SEMANTIC_KEYS):
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
@@ -225,10 +225,16 @@ def seed_record(r: dict) -> dict:
     return rec
 
 
+def config_groups(paths: Iterable) -> list[str]:
+    """The seed-free config hashes of the runs under `paths` (one per configuration of a sweep)."""
+    return list(group_runs(_load_runs(find_results(paths))))
+
+
 def build_submission(paths: Iterable, name: Optional[str] = None, select: Optional[str] = None,
                      notes: str = "", min_seeds: int = MIN_SEEDS) -> dict:
     """A submission from the runs under `paths`. All runs must share the seed-free config; when a sweep
     folder holds several configs, `select` (a prefix of a seed-free config hash) picks one."""
+    paths = list(paths)
     runs = _load_runs(find_results(paths))
     groups = group_runs(runs)
     if select:

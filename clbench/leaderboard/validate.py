@@ -6,7 +6,7 @@ file is rejected with its own reason:
 
     schema            a key is missing or has the wrong type
     benchmark         unknown benchmark, or a version other than the shipped one (tracks are fixed versions)
-    protocol          dataset/scenario/model differ from the shipped benchmark
+    protocol          dataset/scenario differ from the shipped benchmark (a different stream)
     method            the method record disagrees with the config (strategy name, hyper-parameters, source hash)
     config_hash       the seed-free config does not hash to the claimed config_hash
     run_config_hash   a seed's run config (config + its seeds) does not hash to its recorded hash
@@ -33,7 +33,7 @@ from clbench.leaderboard.submission import (MIN_SEEDS, SUBMISSION_SCHEMA, mean_s
 from clbench.registry import UnknownNameError
 
 METRIC_TOL = 1e-9
-PROTOCOL_SECTIONS = ("dataset", "scenario", "model")
+PROTOCOL_SECTIONS = ("dataset", "scenario")   # the stream; model/train differences are shown on the board
 
 
 @dataclass(frozen=True)
