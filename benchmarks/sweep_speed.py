@@ -52,6 +52,7 @@ def one(mode_args: list[str], grid: list[str], out: Path) -> dict:
             matrices[r["run_id"]] = json.load(f)["accuracy_matrix"]
     return {"wall_s": wall, "run_s_sum": sum(r["seconds"] for r in runs), "n_runs": len(runs),
             "run_s_median": statistics.median(r["seconds"] for r in runs),
+            "per_run": [[r["label"], r["seconds"], r["worker"]] for r in runs],
             "load_before": load0, "load_after": os.getloadavg()[0], "matrices": matrices}
 
 
@@ -96,6 +97,7 @@ def main() -> None:
             "speedup_vs_first_mode": base / statistics.median(walls),
             "load_avg_1min": [round(m["load_before"], 2) for m in ms],
             "identical_results_to_first_mode": identical[n],
+            "per_run_s_and_worker": [m["per_run"] for m in ms],
         }
     record = {
         "protocol": {"grid": grid, "n_runs": raw[names[0]][0]["n_runs"], "repeats": args.repeats,
