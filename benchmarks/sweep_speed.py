@@ -56,11 +56,40 @@ def one(mode_args: list[str], grid: list[str], out: Path) -> dict:
             "load_before": load0, "load_after": os.getloadavg()[0], "matrices": matrices}
 
 
+CONTROL = """
+import sys, time, torch
+torch.set_num_threads(1)
+from clbench.config import compose
+from clbench.engine import run
+cfg = compose(["train.epochs=%d", "wandb.mode=disabled", "out=%s", "progress=false", "strategy=replay", "seed=" + sys.argv[1]])
+run(cfg, overwrite=True, console=False)  # warm-up: imports, data
+ts = []
+for _ in range(3):
+    t = time.perf_counter(); run(cfg, overwrite=True, console=False); ts.append(time.perf_counter() - t)
+print(sorted(ts)[1])
+"""
+
+
+def control(epochs: int, tmp: Path) -> dict:
+    """No sweep machinery: the median time of one warm run in 1 plain process, then in 2 at once.
+    If two independent processes are each much slower, the machine has no spare core to give."""
+    code = CONTROL % (epochs, tmp / "control")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one_p = float(subprocess.run([sys.executable, "-c", code, "0"], env=env, capture_output=True, text=True,
+                                 check=True).stdout.split()[-1])
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stdout=subprocess.PIPE, text=True)
+             for i in (1, 2)]
+    two_p = [float(p.communicate()[0].split()[-1]) for p in procs]
+    return {"one_process_run_s": one_p, "two_processes_run_s": two_p,
+            "throughput_ratio_two_vs_one": 2 * one_p / max(two_p)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--no-control", action="store_true", help="skip the 1-vs-2 plain-process control")
     ap.add_argument("--tag", default="sweep_speed", help="output file stem under benchmarks/results/")
     ap.add_argument("--modes", default=",".join(str(i) for i in range(len(MODES))),
                     help="comma-separated indices into MODES (default: all)")
@@ -79,6 +108,10 @@ def main() -> None:
                 print(f"repeat {rep} | {name:<46s} wall {m['wall_s']:6.1f}s  runs {m['run_s_sum']:6.1f}s  "
                       f"load {m['load_before']:.1f}->{m['load_after']:.1f}", flush=True)
                 shutil.rmtree(out, ignore_errors=True)
+        ctrl = None if args.no_control else control(args.epochs, tmp)
+        if ctrl:
+            print(f"control (no sweep): one warm run {ctrl['one_process_run_s']:.2f}s in 1 process; "
+                  f"{', '.join(f'{t:.2f}' for t in ctrl['two_processes_run_s'])}s in 2 processes at once", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -105,6 +138,7 @@ def main() -> None:
                      "machine": f"{os.cpu_count()} CPU cores, shared with other jobs during the measurement",
                      "python": sys.version.split()[0]},
         "results": summary,
+        "control_plain_processes": ctrl,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     res_dir = HERE / "results"
@@ -124,6 +158,12 @@ def main() -> None:
               "In-run seconds are summed over runs from the sweep manifest (they include each worker's "
               "first-run imports); the per-run median is robust to those first runs. The load average (1 min, before each "
               "repeat) shows how busy the shared machine was."]
+    if ctrl:
+        lines += ["", f"Control without the sweep machinery (one warm `replay` run, {args.epochs} epochs, 1 thread): "
+                  f"{ctrl['one_process_run_s']:.2f} s alone; "
+                  f"{' and '.join(f'{t:.2f}' for t in ctrl['two_processes_run_s'])} s with two plain processes at once "
+                  f"(throughput x{ctrl['throughput_ratio_two_vs_one']:.2f}). Where two independent processes gain "
+                  f"nothing, neither can two workers."]
     (res_dir / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,7 +12,11 @@ Two protocols, chosen to match Mammoth's published table (reference/frameworks.m
           naive is shown at lr 0.2 (Mammoth's SGD setting) and at lr 0.1 (the lr of EWC/SI) so the
           regularisers are compared at equal step size.
 
-Run (CPU, one thread each, ~20-40 min for everything on a shared 2-core machine):
+Seeds: every arm was run with seeds 0, 1, 2 except the slowest single-seed rows (the table's `seeds` column
+says which): on the shared 2-core machine online EWC on smnist took ~6 min per run, and the full-Fisher EWC on
+pmnist ~10 min (its 1000-sample-Fisher arm has 3 seeds). `--arms` runs a subset; finished runs are skipped.
+
+Run (CPU, one thread each, ~20-40 min for everything on a quiet 2-core machine):
     OMP_NUM_THREADS=1 python benchmarks/zoo.py --protocol smnist pmnist --seeds 0 1 2
 Writes benchmarks/results/zoo.json (every run's ACC/BWT/forgetting/R) and zoo.md (mean +- std table).
 Needs MNIST under the data root ($CLBENCH_DATA or --data, torchvision raw layout).

@@ -90,6 +90,7 @@ def execute_task(task: Task, threads: Optional[int] = None, return_result: bool 
 
 def _init_worker(threads: Optional[int]) -> None:
     set_threads(threads)
+    import clbench.engine  # noqa: F401  (import once per worker, outside the runs' timings)
 
 
 class Executor:
