@@ -12,9 +12,9 @@ Two protocols, chosen to match Mammoth's published table (reference/frameworks.m
           naive is shown at lr 0.2 (Mammoth's SGD setting) and at lr 0.1 (the lr of EWC/SI) so the
           regularisers are compared at equal step size.
 
-Seeds: every arm was run with seeds 0, 1, 2 except the slowest single-seed rows (the table's `seeds` column
-says which): on the shared 2-core machine online EWC on smnist took ~6 min per run, and the full-Fisher EWC on
-pmnist ~10 min (its 1000-sample-Fisher arm has 3 seeds). `--arms` runs a subset; finished runs are skipped.
+Seeds 0, 1, 2 for every arm (the table's `seeds` column). On the shared CPU the runs were done in several
+invocations with `--arms` (finished runs are skipped, results accumulate in zoo.json). The pmnist EWC arm is
+also run with its Fisher estimated from 1000 samples per task (cheaper; same mean in expectation).
 
 Run (CPU, one thread each, ~20-40 min for everything on a quiet 2-core machine):
     OMP_NUM_THREADS=1 python benchmarks/zoo.py --protocol smnist pmnist --seeds 0 1 2

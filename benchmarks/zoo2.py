@@ -48,8 +48,8 @@ PROTOCOLS: dict[str, dict[str, list[str]]] = {
         "hlop": PMNIST + ["strategy=hlop"],
     },
     "owm": {
-        # OWM's own settings (lr 2.0, batch 100, alpha 1.0) on the same stream, 1 epoch
-        "owm": ["benchmark=permuted-mnist", "train.epochs=1", "train.batch_size=100", "train.lr=2.0",
+X
+        "owm": ["benchmark=permuted-mnist", "train.epochs=1", "train.batch_size=100", "train.lr=0.2",
                 "strategy=owm"],
     },
     "clser": {
