@@ -168,9 +168,12 @@ class ClassBalancedBuffer(_Storage):
 BUFFERS = {"reservoir": ReservoirBuffer, "class_balanced": ClassBalancedBuffer}
 
 
-def make_buffer(kind: str, capacity: int, device: torch.device, generator: torch.Generator) -> _Storage:
-    """A buffer by name; the error lists the valid names."""
+def make_buffer(kind: str, capacity, device: torch.device, generator: torch.Generator, minimum: int = 0,
+                **options) -> _Storage:
+    """A buffer by name, with config errors that name the key (`strategy.buffer`, `strategy.buffer_size`)."""
+    from clbench.config import ConfigError
     if kind not in BUFFERS:
-        from clbench.config import ConfigError
         raise ConfigError(f"bad value for 'strategy.buffer': {kind!r}; valid choices: {', '.join(BUFFERS)}")
-    return BUFFERS[kind](capacity, device, generator)
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < minimum:
+        raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= {minimum}, got {capacity!r}")
+    return BUFFERS[kind](capacity, device, generator, **options)

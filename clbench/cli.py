@@ -70,11 +70,6 @@ def _add_sweep(sub):
     p.set_defaults(func=cmd_sweep)
 
 
-# Each entry adds one sub-command to the parser.
-COMMANDS = [_add_run, _add_list]
-COMMANDS.append(_add_sweep)
-
-
 def cmd_leaderboard(args) -> int:
     from clbench.leaderboard.commands import run
     return run(args)
@@ -84,9 +79,6 @@ def _add_leaderboard(sub):
     from clbench.leaderboard.commands import add_parser
     add_parser(sub)
     sub.choices["leaderboard"].set_defaults(func=cmd_leaderboard)
-
-
-COMMANDS.append(_add_leaderboard)
 
 
 def cmd_report(args) -> int:
@@ -130,7 +122,8 @@ def _add_sync(sub):
     p.set_defaults(func=cmd_sync)
 
 
-COMMANDS += [_add_report, _add_sync]
+# Each entry adds one sub-command to the parser, in the order `clbench --help` lists them.
+COMMANDS = [_add_run, _add_list, _add_sweep, _add_report, _add_sync, _add_leaderboard]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,9 +155,12 @@ def compose(overrides: Iterable[str] = ()) -> dict:
     strategy_over = {k[len("strategy."):]: v for k, v, _ in parsed if k.startswith("strategy.")}
     cfg["strategy"] = {"name": names["strategy"], **strategy_defaults(names["strategy"], strategy_over)}
 
-    preset = load_preset(names["strategy"], cfg["benchmark"]["name"])
-    if preset:
-        cfg = _merge(cfg, preset)
+    # A wrapper (strategy.base) gets its base's tuned preset first, then its own on top.
+    base = cfg["strategy"].get("base")
+    for name in ([base] if isinstance(base, str) else []) + [names["strategy"]]:
+        preset = load_preset(name, cfg["benchmark"]["name"])
+        if preset:
+            cfg = _merge(cfg, preset)
 
     for key, value, add in parsed:
         if key in ("benchmark", "strategy"):

@@ -86,6 +86,7 @@ class Strategy:
     # ----- the loop -------------------------------------------------------------------------------
     def train(self, exp: Experience) -> None:
         self.experience = exp
+        self.experience_step = 0      # steps taken in this experience (named if the loss turns non-finite)
         if self.train_cfg.get("reset_optimizer", True) and exp.index > 0:
             self.optimizer = self.make_optimizer()
         self.model.train()
@@ -101,6 +102,13 @@ class Strategy:
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(batch)
+        self.experience_step = getattr(self, "experience_step", 0) + 1
+        if not bool(torch.isfinite(loss.detach()).all()):
+            # Fail the run: a NaN/inf loss poisons the weights and every result written after it.
+            exp = self.experience.index if self.experience is not None else "?"
+            raise RuntimeError(f"strategy {type(self).__name__} produced a non-finite training loss "
+                               f"({float(loss.detach().sum())}) in experience {exp}, step {self.experience_step}; "
+                               f"the run is stopped (lower train.lr or check the strategy's hyper-parameters)")
         loss.backward()
         self.after_backward(batch)
         self.optimizer.step()

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from clbench import metrics as M
-from clbench.buffer import ReservoirBuffer
+from clbench.buffer import make_buffer
 from clbench.config import ConfigError
 from clbench.strategy import Strategy
-from clbench.stream import Batch, Experience
+from clbench.stream import Batch
 
 MODELS = ("stable", "plastic", "working")
 
@@ -59,10 +59,7 @@ class CLSER(Strategy):
             v = self.hp[key]
             if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"bad value for 'strategy.{key}': expected a number in [0, 1], got {v!r}")
-        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 0:
-            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 0, "
-                              f"got {self.hp.buffer_size!r}")
-        self.buffer = ReservoirBuffer(self.hp.buffer_size, self.device, self.generator)
+        self.buffer = make_buffer("reservoir", self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
         self.plastic = copy.deepcopy(self.model)
         self.stable = copy.deepcopy(self.model)

@@ -16,12 +16,10 @@ for it *at insertion time* (the forward pass of the step that saw it); those sto
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clbench.buffer import ReservoirBuffer
-from clbench.config import ConfigError
+from clbench.buffer import make_buffer
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -38,10 +36,7 @@ class DER(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 0:
-            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 0, "
-                              f"got {self.hp.buffer_size!r}")
-        self.buffer = ReservoirBuffer(self.hp.buffer_size, self.device, self.generator)
+        self.buffer = make_buffer("reservoir", self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
         self._logits: Tensor | None = None
 

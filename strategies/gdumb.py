@@ -23,8 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from clbench.buffer import ClassBalancedBuffer
-from clbench.config import ConfigError
+from clbench.buffer import make_buffer
 from clbench.strategy import Strategy
 from clbench.stream import Experience, TensorSplit
 
@@ -39,10 +38,8 @@ class GDumb(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 1:
-            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 1, "
-                              f"got {self.hp.buffer_size!r}")
-        self.buffer = ClassBalancedBuffer(self.hp.buffer_size, self.device, self.generator, within_class="drop")
+        self.buffer = make_buffer("class_balanced", self.hp.buffer_size, self.device, self.generator,
+                                  minimum=1, within_class="drop")
         self.initial_state = copy.deepcopy(self.model.state_dict())
         self.retrained = 0
 

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from clbench.buffer import make_buffer
-from clbench.config import ConfigError
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -29,9 +28,6 @@ class Replay(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.hp.buffer_size, int) or self.hp.buffer_size < 0:
-            raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= 0, "
-                              f"got {self.hp.buffer_size!r}")
         self.buffer = make_buffer(self.hp.buffer, self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
 

@@ -132,3 +132,13 @@ def test_intransigence_against_a_joint_reference_run(tmp_path):
     with pytest.raises(ConfigError, match="eval.reference.*classes"):
         run([f"out={tmp_path / 'x'}", *FAST, f"eval.reference={other}"], console=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_wrapper_gets_its_base_strategy_preset():
+    # refresh(derpp) on split-mnist must use derpp's tuned preset, as plain derpp does
+    from clbench.config import compose
+    plain = compose(["benchmark=split-mnist", "strategy=derpp"])["strategy"]
+    wrapped = compose(["benchmark=split-mnist", "strategy=refresh", "strategy.base=derpp"])["strategy"]
+    for key in ("buffer_size", "alpha", "beta", "mem_batch_size"):
+        assert wrapped[key] == plain[key]
+    assert wrapped["buffer_size"] == 500  # the preset's value, not derpp's class default

@@ -177,3 +177,33 @@ def test_end_to_end_on_permuted_digits(bench, strategy, tmp_path):
         assert len(state["basis_size"]) == 3 and set(state["layers"]) == set(state["basis_size"][0])
     if strategy == "hlop":
         assert len(state["subspace"]) == 3
+
+
+def test_hlop_new_neurons_start_orthogonal_to_the_old_block():
+    """The new block starts where the subspace rule drives it (the complement of the old rows), so the merged
+    H stays orthonormal and x - H^T H x stays a projection even when a task has few Hebbian steps."""
+    g = torch.Generator().manual_seed(0)
+    s = HebbianSubspace(16, lr=0.01, momentum=0.9, device=torch.device("cpu"))
+    s.add(6, g)
+    s.merge()
+    s.add(5, g)
+    assert s.H.shape == (11, 16)
+    assert s.orthonormality_error() < 1e-5
+    s.merge()
+    s.add(10, g)                                      # capped at d = 16 rows: a complete orthonormal basis
+    assert s.H.shape == (16, 16) and s.orthonormality_error() < 1e-5
+
+
+def test_hlop_on_class_incremental_split_digits_stays_finite_and_learns_the_last_task():
+    """Regression: HLOP on split-digits (class-IL, shared head, few steps per task) used to end with NaN
+    Hebbian weights and 10% accuracy."""
+    r = prepare(compose(["benchmark=split-digits", "strategy=hlop", "model.bias=false", "wandb.mode=disabled",
+                         "device=cpu", "seed=0"]))
+    s = r.strategy
+    for exp in r.stream.experiences:
+        s.train(exp)
+    row = r.evaluator.evaluate(s)
+    assert all(torch.isfinite(p).all() for p in s.model.parameters())
+    assert all(torch.isfinite(sub.H).all() for sub in s.subspaces.values())
+    assert max(err for h in s.history for err in (v["orthonormality_error"] for v in h.values())) < 0.1
+    assert row.acc[-1] > 0.5, row.acc                 # last task (digits 8, 9): chance is 0.1 in the 10-way head

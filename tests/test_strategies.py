@@ -311,3 +311,21 @@ def test_bad_strategy_options_name_the_key():
         make("replay", "strategy.buffer=fifo")
     with pytest.raises(ConfigError, match="strategy.mode"):
         make("ewc", "strategy.mode=sum")
+
+
+def test_non_finite_loss_fails_the_run_naming_strategy_experience_and_step(tmp_path):
+    """A NaN loss stops training with a clear error instead of writing NaN weights and results."""
+    r = make("naive")
+    s, exp = r.strategy, r.stream.experiences[0]
+    w0 = flat(s.model).clone()
+    base_loss, calls = s.loss, [0]
+
+    def loss(batch):
+        calls[0] += 1
+        value = base_loss(batch)
+        return value * float("nan") if calls[0] == 3 else value
+    s.loss = loss
+    with pytest.raises(RuntimeError, match=r"Naive.*non-finite.*experience 0, step 3"):
+        s.train(exp)
+    assert torch.isfinite(flat(s.model)).all()          # the NaN never reached the weights
+    assert not torch.equal(flat(s.model), w0)           # the two finite steps did
