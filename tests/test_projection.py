@@ -195,10 +195,12 @@ def test_hlop_new_neurons_start_orthogonal_to_the_old_block():
 
 
 def test_hlop_on_class_incremental_split_digits_stays_finite_and_learns_the_last_task():
-    """Regression: HLOP on split-digits (class-IL, shared head, few steps per task) used to end with NaN
-    Hebbian weights and 10% accuracy."""
+    """Regression: HLOP on split-digits (class-IL, shared projected head, ~180 steps per task) used to end with
+    NaN Hebbian weights and 10% accuracy: new neurons started overlapping the old block and the merged H lost
+    orthonormality (~1.5 per task). 10 epochs: with projection the new classes need more steps than the
+    preset's 5 (seed 0 learns the last task to 0.20 in 5 epochs, 0.86 in 10; docs/methods.md)."""
     r = prepare(compose(["benchmark=split-digits", "strategy=hlop", "model.bias=false", "wandb.mode=disabled",
-                         "device=cpu", "seed=0"]))
+                         "device=cpu", "seed=0", "train.epochs=10"]))
     s = r.strategy
     for exp in r.stream.experiences:
         s.train(exp)
