@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import MARK, RESULTS, _rss_now_mb, _sync, default_root, machine  # noqa: E402
+from speed import MARK, RESULTS, _rss_now_mb, _sync, default_root, machine, save_report  # noqa: E402
 
 P = dict(buffer_size=500, batch_size=128, mem_batch_size=128, epochs=1, lr=0.01, momentum=0.9, width=400,
          depth=2, eval_batch_size=1000)
@@ -217,12 +217,7 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "protocol": P, "args": vars(args), "machine": machine(),
               "loadavg_before": loadavg_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
               "summary": summary, "runs": runs}
-    md = markdown(report)
-    print("\n" + md)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+    save_report(stem, report, markdown(report))
     return 0
 
 

@@ -415,6 +415,15 @@ def fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+def save_report(stem: Path, report: dict, md: str) -> None:
+    """Print the markdown table and write <stem>.json (every run) and <stem>.md."""
+    print("\n" + md)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(md)
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+
+
 def markdown(report: dict) -> str:
     s, rt, a = report["summary"], report["ratios"], report["args"]
     lines = [f"# Speed: clbench vs Avalanche {report['machine'].get('avalanche', '')} vs a bare PyTorch loop", "",
@@ -506,12 +515,7 @@ def main(argv=None) -> int:
               "machine": machine(), "loadavg_before": loadavg_before,
               "loadavg_after": [round(x, 2) for x in os.getloadavg()],
               "summary": summary, "ratios": ratios(summary), "runs": runs}
-    md = markdown(report)
-    print("\n" + md)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
-    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+    save_report(stem, report, markdown(report))
     return 0
 
 

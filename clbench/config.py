@@ -207,11 +207,15 @@ def validate(cfg: dict) -> None:
            f"expected sgd, adam or adamw, got {train.get('optimizer')!r}")
 
 
+def canonical_hash(obj) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys, no spaces): equal data, equal hash."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def config_hash(cfg: dict) -> str:
     """sha256 of the canonical JSON of the config, without keys that do not change results."""
-    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return canonical_hash({k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS})
 
 
 SEED_KEYS = ("seed", "stream_seed")

@@ -151,7 +151,7 @@ def execute(run: Run, run_dir: Path) -> dict:
             point = anytime.after_step(_strategy)
             if point is not None:
                 for lg in run.loggers:
-                    getattr(lg, "log_anytime", lambda *a: None)(run, point)
+                    lg.log_anytime(run, point)
     strategy.step_callback = on_step
 
     t0 = time.perf_counter()
@@ -177,8 +177,7 @@ def execute(run: Run, run_dir: Path) -> dict:
         train_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         row = run.evaluator.evaluate(strategy)
-        if hasattr(strategy, "after_evaluation"):  # optional: score extra models (e.g. CLS-ER's three)
-            strategy.after_evaluation(run.evaluator)
+        strategy.after_evaluation(run.evaluator)
         _sync(run.device)
         eval_s += time.perf_counter() - t0
         rows.append(row.acc), rows_masked.append(row.acc_task_masked), per_class.append(row.per_class)

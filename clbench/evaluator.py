@@ -92,10 +92,6 @@ class AnytimeEvaluator:
     def start_experience(self, exp_index: int) -> None:
         self.exp, self.step_in_exp = int(exp_index), 0
 
-    def _seen(self, acc: list[float], exp_index: int) -> Optional[float]:
-        seen = [a for a, l in zip(acc, self.learned_at) if l <= exp_index]
-        return sum(seen) / len(seen) if seen else None
-
     def after_step(self, strategy: Strategy) -> Optional[dict]:
         """Count one training step; evaluate (and return the point) every N steps."""
         self.step += 1
@@ -108,7 +104,7 @@ class AnytimeEvaluator:
             torch.cuda.synchronize(strategy.device)
         self.eval_s += time.perf_counter() - t0
         point = {"step": self.step, "experience": self.exp, "step_in_experience": self.step_in_exp,
-                 "accuracy": row.acc, "acc_seen": self._seen(row.acc, self.exp)}
+                 "accuracy": row.acc, "acc_seen": M.acc_seen(row.acc, self.learned_at, self.exp)}
         self.points.append(point)
         return point
 

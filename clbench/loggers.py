@@ -6,7 +6,7 @@ import sys
 import warnings
 from typing import Optional
 
-from clbench.metrics import direction
+from clbench.metrics import acc_seen, direction
 
 
 class Logger:
@@ -67,8 +67,8 @@ class ConsoleLogger(Logger):
 
     def log_row(self, run, row_index: int, row) -> None:
         if self.bar is not None:
-            seen = [a for a, l in zip(row.acc, run.stream.learned_rows()) if l <= row_index] or [0.0]
-            self.bar.set_postfix(acc_seen=f"{100 * sum(seen) / len(seen):.1f}%")
+            seen = acc_seen(row.acc, run.stream.learned_rows(), row_index)
+            self.bar.set_postfix(acc_seen=f"{100 * (seen or 0.0):.1f}%")
             self.bar.close()
             self.bar = None
 
@@ -173,12 +173,11 @@ class WandbLogger(Logger):
             self._safely("log", lambda: self.run.log({"train/loss": float(loss), "train/step": self.step}))
 
     def log_row(self, run, row_index: int, row) -> None:
-        learned = run.stream.learned_rows()
-        seen = [a for a, l in zip(row.acc, learned) if l <= row_index]
+        seen = acc_seen(row.acc, run.stream.learned_rows(), row_index)
         data = {"experience": row_index + 1}
         data.update({f"eval/acc_task{j}": a for j, a in enumerate(row.acc)})
-        if seen:
-            data["eval/acc_seen"] = sum(seen) / len(seen)
+        if seen is not None:
+            data["eval/acc_seen"] = seen
         data["eval/acc_all"] = sum(row.acc) / len(row.acc)
         self._safely("log", lambda: self.run.log(data))
 

@@ -92,6 +92,13 @@ def acc_over_time(R, learned_at=None) -> float:
     return float(np.mean([R[i, j] for i in range(R.shape[0]) for j in range(R.shape[1]) if L[j] <= i]))
 
 
+def acc_seen(row: Sequence[float], learned_at: Sequence[int], row_index: int) -> Optional[float]:
+    """(+) Mean accuracy of one row over the tasks learned by then (L[j] <= row_index), tasks weighing
+    equally; None before any task is learned (row_index -1 is the row before training)."""
+    seen = [a for a, l in zip(row, learned_at) if l <= row_index]
+    return float(np.mean(seen)) if seen else None
+
+
 def avg_incremental_acc(R, learned_at=None, task_sizes: Optional[Sequence[int]] = None) -> float:
     """(+) Average incremental accuracy (Rebuffi et al. 2017, iCaRL): mean over rows i of the accuracy on
     all test data of the tasks learned so far (L[j] <= i). With `task_sizes` (test samples per task) each

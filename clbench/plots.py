@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clbench.metrics import describe, direction  # noqa: E402
+from clbench.metrics import acc_seen, describe, direction  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -108,20 +108,29 @@ def task_curves_figure(results, label: str | None = None):
         if len(results) > 1:
             ax.fill_between(x, mean[:, j] - std[:, j], mean[:, j] + std[:, j], color=c, alpha=0.15, lw=0)
         ax.plot([learned[j] + 1], [mean[learned[j] + 1, j]], "*", color=c, ms=12, mec="black", mew=0.6)
-    avg_seen = [np.mean([mean[i, j] for j in range(mean.shape[1]) if learned[j] <= i - 1])
-                if any(l <= i - 1 for l in learned) else np.nan for i in x]
+    avg_seen = [_nan(acc_seen(mean[i], learned, i - 1)) for i in x]   # row 0 of `mean` is the initial row
     ax.plot(x, avg_seen, "--", color="black", lw=2, label="mean over tasks learned so far")
     kinds = [e.get("kind", "new") for e in results[0].get("stream", {}).get("experiences", [])]
     ax.set_xticks(x, ["init"] + [f"{i}" + ("\nreh." if i < len(kinds) and kinds[i] == "rehearsal" else "")
                                  for i in range(len(x) - 1)])
     ax.set_xlabel("after training experience")
+    return _finish_accuracy_axes(fig, ax, _title(results, "Per-task accuracy across experiences (star: just learned)",
+                                                 label))
+
+
+def _finish_accuracy_axes(fig, ax, title: str):
+    """Shared look of the accuracy-over-time charts: % axis, grid, title, legend outside on the right."""
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
-    ax.set_title(_title(results, "Per-task accuracy across experiences (star: just learned)", label), fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _nan(v):
+    return np.nan if v is None else v
 
 
 def anytime_figure(results, label: str | None = None):
@@ -147,13 +156,7 @@ def anytime_figure(results, label: str | None = None):
     for st in a0.get("row_steps", [])[1:-1]:
         ax.axvline(st, color="grey", ls=":", lw=1)
     ax.set_xlabel(f"training step (evaluated every {a0['every_steps']} steps; dotted: experience ends)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-    ax.set_title(_title(results, "Anytime accuracy", label), fontsize=9)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig
+    return _finish_accuracy_axes(fig, ax, _title(results, "Anytime accuracy", label))
 
 
 def comparison_figure(rows: Sequence[dict], metrics: Sequence[str], title: str = ""):
@@ -204,8 +207,7 @@ def accuracy_curves_figure(groups: Sequence[tuple[str, list[dict]]], title: str 
         for r in results:
             R = np.asarray(r["accuracy_matrix"], dtype=float)
             L = _learned_at(r)
-            curves.append([100 * np.mean([R[i, j] for j in range(R.shape[1]) if L[j] <= i])
-                           if any(l <= i for l in L) else np.nan for i in range(R.shape[0])])
+            curves.append([100 * _nan(acc_seen(R[i], L, i)) for i in range(R.shape[0])])
         if len({len(c) for c in curves}) != 1:
             continue
         C = np.asarray(curves)

@@ -22,6 +22,7 @@ from typing import Iterable, Optional, Sequence
 
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
 from clbench.metrics import direction
+from clbench.results import find_results
 
 # Shown in the printed table when present (all metrics go to the CSV).
 TABLE_METRICS = ("acc", "forgetting", "bwt", "fwt", "learning_accuracy", "forgetting_first", "acc_task_masked",
@@ -32,23 +33,6 @@ CHART_METRICS = ("acc", "forgetting", "bwt", "learning_accuracy", "fwt", "acc_ta
 
 
 # ----- finding and loading runs ----------------------------------------------------------------------
-def find_results(path) -> list[Path]:
-    """Every result.json under PATH (a run folder, a folder of runs, or a result.json), skipping
-    unfinished `.<run>.partial` folders and W&B folders."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise FileNotFoundError(f"no such run folder: {path}")
-    found = []
-    for p in sorted(path.rglob("result.json")):
-        rel = p.relative_to(path).parts[:-1]
-        if any(part.startswith(".") or part == "wandb" for part in rel):
-            continue
-        found.append(p)
-    return found
-
-
 def load_results(path) -> list[dict]:
     """The results under PATH; files that are not clbench results are skipped with a note on stderr."""
     from clbench.results import load_result

@@ -22,15 +22,14 @@ REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "seed", "s
                  "initial_accuracy", "metrics", "timing", "env")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_text_atomic(path, text: str) -> Path:
     """Write then rename: readers see the old file or the whole new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +37,11 @@ def write_json_atomic(path: Path, data: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def write_json_atomic(path, data: dict) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o):
@@ -55,6 +59,23 @@ def load_result(path) -> dict:
         path = path / "result.json"
     with open(path) as f:
         return json.load(f)
+
+
+def find_results(path) -> list[Path]:
+    """Every result.json under PATH (a run folder, a folder of runs, or a result.json), skipping
+    unfinished `.<run>.partial` folders and W&B folders."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"no such run folder: {path}")
+    found = []
+    for p in sorted(path.rglob("result.json")):
+        rel = p.relative_to(path).parts[:-1]
+        if any(part.startswith(".") or part == "wandb" for part in rel):
+            continue
+        found.append(p)
+    return found
 
 
 def is_complete(run_dir) -> bool:

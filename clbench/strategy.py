@@ -82,11 +82,12 @@ class Strategy:
         for t, classes in info.task_classes.items():
             self.class_mask[t, classes] = True
         self.step_callback = None   # set by the engine (progress bar, anytime evaluation)
+        self.experience_step = 0    # steps taken in the current experience (named if the loss turns non-finite)
 
     # ----- the loop -------------------------------------------------------------------------------
     def train(self, exp: Experience) -> None:
         self.experience = exp
-        self.experience_step = 0      # steps taken in this experience (named if the loss turns non-finite)
+        self.experience_step = 0
         if self.train_cfg.get("reset_optimizer", True) and exp.index > 0:
             self.optimizer = self.make_optimizer()
         self.model.train()
@@ -102,7 +103,7 @@ class Strategy:
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(batch)
-        self.experience_step = getattr(self, "experience_step", 0) + 1
+        self.experience_step += 1
         if not bool(torch.isfinite(loss.detach()).all()):
             # Fail the run: a NaN/inf loss poisons the weights and every result written after it.
             exp = self.experience.index if self.experience is not None else "?"
@@ -131,6 +132,9 @@ class Strategy:
 
     def after_experience(self, exp: Experience) -> None:
         """Called after the last minibatch of an experience (consolidation, buffer update)."""
+
+    def after_evaluation(self, evaluator) -> None:
+        """Called after each row of R is measured (e.g. to score extra models, as CLS-ER does)."""
 
     # ----- prediction ----------------------------------------------------------------------------
     @property

@@ -35,7 +35,7 @@ import yaml
 
 from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
 from clbench.registry import UnknownNameError, did_you_mean
-from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic
+from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic, write_text_atomic
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
@@ -516,16 +516,9 @@ def write_summary(out: Path, results: list[dict], name: str) -> tuple[str, list[
     rows = aggregate(results)
     md = (f"# Sweep {name}\n\n{len(results)} complete runs, grouped by benchmark, strategy and "
           f"configuration (seeds are repeats).\n\n{render_table(rows, fmt='markdown')}")
-    files = [_write_text_atomic(out / "summary.csv", render_table(rows, fmt="csv")),
-             _write_text_atomic(out / "summary.md", md)]
+    files = [write_text_atomic(out / "summary.csv", render_table(rows, fmt="csv")),
+             write_text_atomic(out / "summary.md", md)]
     return render_table(rows), files
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def format_report(res: SweepResult) -> str:

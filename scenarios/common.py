@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from clbench.config import ConfigError
-from clbench.stream import MixedSplit, Stream, TensorSplit
+from clbench.stream import EvalTask, Experience, MixedSplit, Stream, TensorSplit
 
 SETTINGS = ("class-il", "task-il", "domain-il")
 
@@ -121,3 +121,23 @@ class ArrivalOrderSplit(TensorSplit):
 
     def batches(self, batch_size: int, shuffle: bool = True, generator: Optional[torch.Generator] = None):
         return super().batches(batch_size, shuffle=False)
+
+
+def pixel_map_stream(name: str, dataset, seed: int, maps: list["PixelMap"], train_samples_per_task: Optional[int],
+                     description: dict) -> Stream:
+    """A domain-incremental stream: task i is the whole dataset seen through pixel map i (a permutation,
+    a rotation), one shared label space, the task id hidden at test time."""
+    classes = sorted(torch.unique(dataset.y_train).tolist())
+    experiences, eval_tasks = [], []
+    for i, pm in enumerate(maps):
+        # GEM/A-GEM use a random subset of the training set per task; None keeps all of it.
+        idx = random_subset(len(dataset.y_train), train_samples_per_task, generator(seed, "subset", i))
+        train = TensorSplit(dataset.x_train, dataset.y_train, idx.to(dataset.y_train.device), task=i, transform=pm)
+        test = TensorSplit(dataset.x_test, dataset.y_test, task=i, transform=pm)
+        experiences.append(Experience(index=i, train=train, task_ids=[i], classes=classes, task_visible_at_test=False))
+        eval_tasks.append(EvalTask(task_id=i, test=test, classes=classes))
+    return check_stream(Stream(
+        name=name, experiences=experiences, eval_tasks=eval_tasks, n_classes=dataset.n_classes,
+        input_shape=tuple(dataset.input_shape), setting="domain-il",
+        description={"stream_seed": int(seed), "dataset": dataset.describe(), **description,
+                     "train_samples_per_task": train_samples_per_task}))

@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from clbench.scenarios.common import PixelMap, check_positive_int, check_stream, generator, random_subset
-from clbench.stream import EvalTask, Experience, Stream, TensorSplit
+from clbench.scenarios.common import PixelMap, check_positive_int, generator, pixel_map_stream
+from clbench.stream import Stream
 
 
 def permutation(n_pixels: int, seed: int, task: int) -> torch.Tensor:
@@ -38,21 +38,10 @@ class Permuted:
     def build(self, dataset, seed: int) -> Stream:
         shape = tuple(dataset.input_shape)
         n_pixels = shape[-1] * shape[-2] if len(shape) >= 2 else shape[0]
-        classes = sorted(torch.unique(dataset.y_train).tolist())
-        experiences, eval_tasks, maps = [], [], []
+        maps, described = [], []
         for i in range(self.n_experiences):
             identity = i == 0 and self.keep_first_unpermuted
-            pm = PixelMap(torch.arange(n_pixels) if identity else permutation(n_pixels, seed, i))
-            maps.append({"task": i, "identity": identity, "sha1": pm.digest()})
-            # GEM/A-GEM use a random subset of the training set per task; None keeps all of it.
-            idx = random_subset(len(dataset.y_train), self.train_samples_per_task, generator(seed, "subset", i))
-            train = TensorSplit(dataset.x_train, dataset.y_train, idx.to(dataset.y_train.device), task=i, transform=pm)
-            test = TensorSplit(dataset.x_test, dataset.y_test, task=i, transform=pm)
-            experiences.append(Experience(index=i, train=train, task_ids=[i], classes=classes,
-                                          task_visible_at_test=False))
-            eval_tasks.append(EvalTask(task_id=i, test=test, classes=classes))
-        return check_stream(Stream(
-            name="permuted", experiences=experiences, eval_tasks=eval_tasks, n_classes=dataset.n_classes,
-            input_shape=shape, setting=self.setting,
-            description={"stream_seed": int(seed), "dataset": dataset.describe(), "permutations": maps,
-                         "train_samples_per_task": self.train_samples_per_task}))
+            maps.append(PixelMap(torch.arange(n_pixels) if identity else permutation(n_pixels, seed, i)))
+            described.append({"task": i, "identity": identity, "sha1": maps[-1].digest()})
+        return pixel_map_stream("permuted", dataset, seed, maps, self.train_samples_per_task,
+                                {"permutations": described})

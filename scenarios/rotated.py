@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from clbench.config import ConfigError
-from clbench.scenarios.common import PixelMap, check_positive_int, check_stream, generator, random_subset
-from clbench.stream import EvalTask, Experience, Stream, TensorSplit
+from clbench.scenarios.common import PixelMap, check_positive_int, generator, pixel_map_stream
+from clbench.stream import Stream
 
 
 def rotation_map(height: int, width: int, angle: float) -> torch.Tensor:
@@ -74,19 +74,6 @@ class Rotated:
             raise ConfigError(f"scenario 'rotated' needs image inputs (C, H, W); dataset '{dataset.name}' has "
                               f"inputs of shape {shape}")
         angles = self.angles or gem_angles(self.n_experiences, *self.angle_range, seed)
-        classes = sorted(torch.unique(dataset.y_train).tolist())
-        experiences, eval_tasks = [], []
-        for i, angle in enumerate(angles):
-            rot = PixelMap(rotation_map(shape[1], shape[2], angle))
-            idx = random_subset(len(dataset.y_train), self.train_samples_per_task, generator(seed, "subset", i))
-            train = TensorSplit(dataset.x_train, dataset.y_train, idx.to(dataset.y_train.device), task=i, transform=rot)
-            test = TensorSplit(dataset.x_test, dataset.y_test, task=i, transform=rot)
-            experiences.append(Experience(index=i, train=train, task_ids=[i], classes=classes,
-                                          task_visible_at_test=False))
-            eval_tasks.append(EvalTask(task_id=i, test=test, classes=classes))
-        return check_stream(Stream(
-            name="rotated", experiences=experiences, eval_tasks=eval_tasks, n_classes=dataset.n_classes,
-            input_shape=shape, setting=self.setting,
-            description={"stream_seed": int(seed), "dataset": dataset.describe(),
-                         "angles": [round(a, 4) for a in angles],
-                         "train_samples_per_task": self.train_samples_per_task}))
+        maps = [PixelMap(rotation_map(shape[1], shape[2], angle)) for angle in angles]
+        return pixel_map_stream("rotated", dataset, seed, maps, self.train_samples_per_task,
+                                {"angles": [round(a, 4) for a in angles]})

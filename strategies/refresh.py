@@ -182,8 +182,7 @@ class Refresh(Strategy):
         return self.base.forward(x, t)
 
     def after_evaluation(self, evaluator) -> None:
-        if hasattr(self.base, "after_evaluation"):
-            self.base.after_evaluation(evaluator)
+        self.base.after_evaluation(evaluator)
 
     def extra_state(self) -> dict:
         return {**self.base.extra_state(),

@@ -23,6 +23,7 @@ from clbench import metrics as M
 from clbench.config import benchmark_names, load_benchmark
 from clbench.leaderboard.validate import ValidationIssue, validate_file
 from clbench.leaderboard.verify import verification_status
+from clbench.results import write_text_atomic
 
 # Columns shown per track: (summary key, header). acc_task_masked only where a track has it.
 METRIC_COLUMNS = [("acc", "ACC"), ("forgetting", "Forgetting"), ("bwt", "BWT"), ("fwt", "FWT"),
@@ -339,13 +340,8 @@ def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard") -> 
     for e in board["entries"]:
         write_heatmap(e.sub, e.heatmap)
     md, page = out_dir / "LEADERBOARD.md", out_dir / "index.html"
-    _write(md, board["markdown"])
-    _write(page, board["html"])
+    write_text_atomic(md, board["markdown"])
+    write_text_atomic(page, board["html"])
     return {"markdown": md, "html": page, "entries": [e.path for e in board["entries"]],
             "rejected": board["rejected"], "heatmaps": [e.heatmap for e in board["entries"]]}
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

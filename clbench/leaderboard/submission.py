@@ -25,21 +25,18 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Optional
 
-from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, config_hash, group_hash, load_benchmark
+from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, config_hash, group_hash,
+                            load_benchmark)
 from clbench.registry import STRATEGIES, UnknownNameError
 from clbench.results import REQUIRED_KEYS, load_result, write_json_atomic
+from clbench.results import find_results as find_run_results
 
 SUBMISSION_SCHEMA = 1
 MIN_SEEDS = 3
 
 
 # ----- hashes ---------------------------------------------------------------------------------------
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
-def sha256(obj) -> str:
-    return hashlib.sha256(_canonical(obj)).hexdigest()
+sha256 = canonical_hash   # submissions hash their parts exactly as configs are hashed
 
 
 def seed_free_config(cfg: dict) -> dict:
@@ -142,17 +139,7 @@ def summarize(runs: list[dict]) -> dict:
 # ----- collecting runs --------------------------------------------------------------------------------
 def find_results(paths: Iterable) -> list[Path]:
     """result.json files under the given run folders, sweep folders or files (unfinished runs skipped)."""
-    found = []
-    for p in map(Path, paths):
-        if p.is_file():
-            found.append(p)
-        elif (p / "result.json").is_file():
-            found.append(p / "result.json")
-        elif p.is_dir():
-            found += [f for f in sorted(p.rglob("result.json"))
-                      if not any(part.startswith(".") and part.endswith(".partial") for part in f.parts)]
-        else:
-            raise FileNotFoundError(f"no such run folder or file: {p}")
+    found = [f for p in paths for f in find_run_results(p)]
     if not found:
         raise FileNotFoundError(f"no result.json under {', '.join(map(str, paths))}")
     return sorted(set(found))
