@@ -23,14 +23,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import MARK, RESULTS, _rss_now_mb, _sync, default_root, machine, save_report  # noqa: E402
+from speed import MARK, RESULTS, _rss_now_mb, _sync, default_root, machine, run_worker, save_report  # noqa: E402
 
 P = dict(buffer_size=500, batch_size=128, mem_batch_size=128, epochs=1, lr=0.01, momentum=0.9, width=400,
          depth=2, eval_batch_size=1000)
@@ -102,16 +101,7 @@ def spawn(tasks: int, seed: int, args) -> dict:
         cmd += ["--test-per-class", str(args.test_per_class)]
     for o in args.clbench_override:
         cmd += ["--clbench-override", o]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONWARNINGS="ignore")
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [l for l in p.stdout.splitlines() if l.startswith(MARK)]
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"T={tasks} seed {seed} failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
-    out = json.loads(lines[-1][len(MARK):])
-    out["process_wall_s"] = time.perf_counter() - t0
-    return out
+    return run_worker(cmd, args.threads, f"T={tasks} seed {seed}")
 
 
 def summarize(r: dict) -> dict:

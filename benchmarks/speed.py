@@ -324,14 +324,19 @@ def spawn(method: str, seed: int, args) -> dict:
         cmd += ["--max-train-per-exp", str(args.max_train_per_exp)]
     for o in args.clbench_override:
         cmd += ["--clbench-override", o]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONWARNINGS="ignore")
+    return run_worker(cmd, args.threads, f"{method} (seed {seed})")
+
+
+def run_worker(cmd: list[str], threads: int, what: str) -> dict:
+    """Run one measurement in its own process (so its peak memory and CPU time are its own) and read
+    the JSON line it prints after MARK; adds the process's wall time."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     lines = [l for l in p.stdout.splitlines() if l.startswith(MARK)]
     if p.returncode != 0 or not lines:
-        raise RuntimeError(f"{method} (seed {seed}) failed with exit code {p.returncode}:\n{p.stderr[-4000:]}")
+        raise RuntimeError(f"{what} failed with exit code {p.returncode}:\n{p.stderr[-4000:]}")
     out = json.loads(lines[-1][len(MARK):])
     out["process_wall_s"] = wall
     return out
