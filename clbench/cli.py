@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clbench.config import ConfigError
-from clbench.registry import UnknownNameError
+from clbench.errors import UserError
 
-USAGE_ERRORS = (ConfigError, UnknownNameError, FileNotFoundError)
+USAGE_ERRORS = (UserError, FileNotFoundError)
 
 
 def cmd_run(args) -> int:

@@ -20,15 +20,12 @@ from typing import Any, Iterable
 import yaml
 from omegaconf import OmegaConf
 
+from clbench.errors import ConfigError
 from clbench.registry import STRATEGIES, UnknownNameError, did_you_mean
 
 # Keys that do not change what is computed, left out of the config hash.
 NON_SEMANTIC_KEYS = ("out", "device", "progress", "data", "wandb")
 WANDB_MODES = ("offline", "disabled", "online")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message names the key and the reason."""
 
 
 def configs_dir() -> Path:

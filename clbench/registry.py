@@ -10,14 +10,9 @@ import difflib
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
+from clbench.errors import UnknownNameError
+
 KINDS = ("strategies", "scenarios", "datasets", "models")
-
-
-class UnknownNameError(KeyError):
-    """A name that is not registered; the message lists the valid ones."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
 
 
 def did_you_mean(name: str, choices) -> str:

@@ -1,0 +1,57 @@
+"""Every error clbench raises on purpose, in one leaf module (it imports nothing from clbench).
+
+Two families:
+
+- `UserError`: something the user (or a plugin author, or a submitter) can fix. The CLI prints one line,
+  `clbench: error: <message>`, and exits with status 2; the message names the key, file or plugin and says
+  why. `--debug` (or CLBENCH_DEBUG=1) adds the traceback.
+- anything else is a bug in clbench: the CLI says so and how to report it.
+
+The subclasses also derive from the built-in exception a caller would naturally catch (ValueError,
+KeyError, RuntimeError), so `except ValueError` keeps working for code written against older versions.
+"""
+from __future__ import annotations
+
+
+class ClbenchError(Exception):
+    """Base class of every error clbench raises on purpose."""
+
+
+class UserError(ClbenchError):
+    """An error the user can act on: the message is one line that names what is wrong and why."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad configuration key or value; the message names the key and the reason."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name that is not registered (benchmark, strategy, metric, ...); the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(UserError, ValueError):
+    """A dataset file that is missing, truncated or inconsistent; the message names the file and the problem."""
+
+
+class PluginError(UserError, RuntimeError):
+    """A plugin broke its contract; the message names the plugin, the hook and the contract."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """A non-finite training loss (or weights); the run is stopped and nothing is written."""
+
+
+class SubmissionError(UserError, ValueError):
+    """A leaderboard submission (or result file) that is malformed or fails a check."""
+
+
+class ResultFileError(UserError, ValueError):
+    """A result.json that cannot be read or does not match the result schema."""
+
+
+def bad_value(key: str, why: str) -> ConfigError:
+    """The one phrasing of a bad configuration value: "bad value for 'KEY': WHY"."""
+    return ConfigError(f"bad value for '{key}': {why}")
