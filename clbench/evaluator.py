@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from clbench import metrics as M
-from clbench.config import ConfigError
+from clbench.errors import ConfigError
 from clbench.strategy import Strategy
 from clbench.stream import Stream
 
@@ -29,29 +29,42 @@ class EvalRow:
 
 
 class Evaluator:
-    def __init__(self, stream: Stream, batch_size: int = 1000):
-        self.stream = stream
+    """Scores a strategy on one split of the stream's evaluation tasks: "test", or "val" (carved from training
+    data by `eval.validation`). The strategy never receives the evaluator or its data: it is handed test inputs
+    one minibatch at a time through `predict`, and the labels stay here."""
+
+    def __init__(self, stream: Stream, batch_size: int = 1000, split: str = "test"):
+        self.tasks = stream.eval_tasks if split == "test" else stream.val_tasks
+        if not self.tasks:
+            raise ConfigError(f"the stream has no {split} tasks to evaluate")
+        self.split = split
+        self.setting = stream.setting
+        self.n_classes = stream.n_classes
         self.batch_size = int(batch_size)
-        n_tasks = max(t.task_id for t in stream.eval_tasks) + 1
+        n_tasks = max(t.task_id for t in self.tasks) + 1
         self.masks = torch.zeros(n_tasks, stream.n_classes, dtype=torch.bool)
-        for t in stream.eval_tasks:
+        for t in self.tasks:
             self.masks[t.task_id, t.classes] = True
 
     @torch.inference_mode()
-    def evaluate(self, strategy: Strategy) -> EvalRow:
-        model, eval_model = strategy.model, strategy.eval_model()
-        was_training = model.training
-        model.eval(), eval_model.eval()
+    def evaluate(self, strategy: Strategy, model: Optional[torch.nn.Module] = None) -> EvalRow:
+        """One row of R: accuracy on every task, with the strategy's own prediction rule, or with `model`
+        (one of the strategy's `extra_models()`) through `strategy.predict_with`."""
+        nets = [strategy.model, model if model is not None else strategy.eval_model()]
+        modes = [(m, m.training) for n in nets for m in n.modules()]   # restored exactly (frozen BN stays frozen)
+        for n in nets:
+            n.eval()
         try:
             accs, masked_accs, sizes = [], [], []
-            correct_c = torch.zeros(self.stream.n_classes)
-            total_c = torch.zeros(self.stream.n_classes)
-            for task in self.stream.eval_tasks:
-                visible = task.task_id if self.stream.setting == "task-il" else None
+            correct_c = torch.zeros(self.n_classes)
+            total_c = torch.zeros(self.n_classes)
+            for task in self.tasks:
+                visible = task.task_id if self.setting == "task-il" else None
                 mask = self.masks[task.task_id].to(strategy.device)
                 n = correct = correct_masked = 0
                 for batch in task.test.batches(self.batch_size, shuffle=False):
-                    logits = strategy.predict(batch.x, task_id=visible)
+                    logits = (strategy.predict(batch.x, task_id=visible) if model is None
+                              else strategy.predict_with(model, batch.x, task_id=visible))
                     pred = logits.argmax(1)
                     hit = pred == batch.y
                     pred_masked = logits.masked_fill(~mask, float("-inf")).argmax(1)
@@ -59,16 +72,16 @@ class Evaluator:
                     correct_masked += int((pred_masked == batch.y).sum())
                     n += len(batch.y)
                     y = batch.y.cpu()
-                    total_c += torch.bincount(y, minlength=self.stream.n_classes).float()
-                    correct_c += torch.bincount(y[hit.cpu()], minlength=self.stream.n_classes).float()
+                    total_c += torch.bincount(y, minlength=self.n_classes).float()
+                    correct_c += torch.bincount(y[hit.cpu()], minlength=self.n_classes).float()
                 accs.append(correct / max(n, 1))
                 sizes.append(n)
                 masked_accs.append(correct_masked / max(n, 1))
-            per_class = {c: float(correct_c[c] / total_c[c]) for c in range(self.stream.n_classes) if total_c[c] > 0}
+            per_class = {c: float(correct_c[c] / total_c[c]) for c in range(self.n_classes) if total_c[c] > 0}
             return EvalRow(acc=accs, acc_task_masked=masked_accs, per_class=per_class, n=sizes)
         finally:
-            if was_training:
-                model.train()
+            for m, was_training in modes:
+                m.training = was_training
 
 
 class AnytimeEvaluator:

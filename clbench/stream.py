@@ -132,6 +132,15 @@ class Experience:
     def task_id(self) -> int:
         return self.task_ids[0]
 
+    def sealed(self) -> "Experience":
+        """The experience as a strategy receives it: its training data copied out of the dataset (transforms
+        applied), so no attribute leads to other samples, future experiences or evaluation data."""
+        n = len(self.train)
+        b = self.train.get(torch.arange(n, device=self.train.device))
+        data = TensorSplit(b.x.clone(), b.y.clone(), task=b.t.clone())
+        return Experience(index=self.index, train=data, task_ids=list(self.task_ids), classes=list(self.classes),
+                          task_visible_at_test=self.task_visible_at_test, kind=self.kind)
+
 
 @dataclass
 class EvalTask:
@@ -153,6 +162,8 @@ class Stream:
     description: dict = field(default_factory=dict)
     # Row of R at which each evaluation task counts as "just learned" (default: its own experience).
     learned_at: Optional[list[int]] = None
+    # Validation tasks (eval.validation > 0): the same columns as eval_tasks, over held-out training samples.
+    val_tasks: list[EvalTask] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Experience]:
         return iter(self.experiences)
@@ -194,5 +205,8 @@ class Stream:
                 for t in self.eval_tasks
             ],
         }
+        if self.val_tasks:
+            d["val_tasks"] = [{"task_id": t.task_id, "classes": list(t.classes), "n_val": len(t.test)}
+                              for t in self.val_tasks]
         d.update(self.description)
         return d

@@ -7,7 +7,8 @@ raw tensors stay compact (uint8 images) everywhere, replay buffers included.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -28,16 +29,22 @@ class TensorDataset:
     scale: float                  # raw value that maps to 1.0 (255 for uint8 images)
     mean: tuple                   # per-channel mean and std of the scaled training inputs
     std: tuple
+    x_val: Optional[Tensor] = None   # validation split held out of the training data (eval.validation)
+    y_val: Optional[Tensor] = None
 
     def to(self, device) -> "TensorDataset":
-        for name in ("x_train", "y_train", "x_test", "y_test"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     def describe(self) -> dict:
-        d = {"name": self.name, "n_train": len(self.y_train), "n_test": len(self.y_test),
+        d = {"name": self.name, "n_train": len(self.y_train),
+             "n_test": len(self.y_test) if self.y_test is not None else None,
              "n_classes": self.n_classes, "input_shape": list(self.input_shape),
              "dtype": str(self.x_train.dtype).replace("torch.", "")}
+        if self.y_val is not None:
+            d["n_val"] = len(self.y_val)
         if getattr(self, "subset", None):
             d["subset"] = dict(self.subset)
         return d
@@ -66,7 +73,7 @@ def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None
     Normalisation statistics are kept from the full dataset: a subset is the same benchmark, smaller.
     """
     for split, k in (("train", train_per_class), ("test", test_per_class)):
-        if k is None:
+        if k is None or getattr(ds, f"y_{split}") is None:
             continue
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, "
@@ -80,10 +87,11 @@ def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None
     return ds
 
 
-def load_dataset(cfg: dict, device: torch.device) -> TensorDataset:
+def load_dataset(cfg: dict, device: torch.device, test: bool = True) -> TensorDataset:
     """Build the dataset named in cfg['dataset'] (other keys are the loader's options).
 
-    `train_per_class` / `test_per_class` (any dataset) keep the first k samples of every class.
+    `train_per_class` / `test_per_class` (any dataset) keep the first k samples of every class. With
+    `test=False` (tuning) the test tensors are dropped as soon as the loader returns: nothing reads them.
     """
     options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
     limits = {k: options.pop(k) for k in ("train_per_class", "test_per_class") if k in options}
@@ -95,4 +103,34 @@ def load_dataset(cfg: dict, device: torch.device) -> TensorDataset:
         raise ConfigError(f"bad 'dataset' options for '{cfg['dataset']['name']}': {e}. Valid options: "
                           f"{', '.join(params + ['train_per_class', 'test_per_class'])}") from None
     ds = loader(root=cfg["data"]["root"], download=bool(cfg["data"]["download"]), **options)
+    if not test:
+        ds.x_test = ds.y_test = None
     return limit_per_class(ds, **limits).to(device)
+
+
+def holdout_validation(ds: TensorDataset, fraction: float, seed: int) -> TensorDataset:
+    """Hold out `fraction` of every class's training samples as a validation split (config eval.validation).
+
+    Class-stratified and seeded by the stream seed (its own purpose tag), so the split is the same for every
+    strategy and training seed; the scenario then builds its experiences from the remaining training samples
+    and its validation tasks from the held-out ones, exactly as it builds test tasks from the test split.
+    """
+    from clbench.scenarios.common import generator
+    g = generator(seed, "validation")
+    y = ds.y_train.cpu()
+    val = []
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero().squeeze(1)
+        k = int(round(fraction * len(idx)))
+        k = min(max(k, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        val.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    val_idx = torch.sort(torch.cat(val)).values
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[val_idx] = False
+    train_idx = keep.nonzero().squeeze(1)
+    dev = ds.y_train.device
+    out = replace(ds, x_train=ds.x_train[train_idx.to(dev)], y_train=ds.y_train[train_idx.to(dev)],
+                  x_val=ds.x_train[val_idx.to(dev)], y_val=ds.y_train[val_idx.to(dev)])
+    if getattr(ds, "subset", None):
+        out.subset = ds.subset
+    return out

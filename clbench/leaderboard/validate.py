@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clbench import metrics as M
-from clbench.config import config_hash, load_benchmark
+from clbench.config import compose, config_hash, load_benchmark, section_specs
+from clbench.hparams import check_section
 from clbench.leaderboard.submission import (MIN_SEEDS, SUBMISSION_SCHEMA, mean_std, result_digest, run_config,
                                             sha256)
 from clbench.registry import UnknownNameError
@@ -159,6 +160,15 @@ def _range(run: dict, label: str) -> list[ValidationIssue]:
     return []
 
 
+def _filled(cfg: dict, section: str):
+    """A config section with its declared defaults filled in (unchanged when it cannot be checked)."""
+    values = cfg.get(section) or {}
+    try:
+        return check_section(section, values, section_specs(cfg, section))
+    except Exception:
+        return values
+
+
 def validate_submission(sub: dict) -> list[ValidationIssue]:
     """All problems found in a submission (an empty list means it is valid)."""
     issues = _schema(sub)
@@ -176,10 +186,13 @@ def validate_submission(sub: dict) -> list[ValidationIssue]:
         if bench["version"] != shipped.get("version", 1):
             issues.append(ValidationIssue("benchmark", f"benchmark '{bench['name']}' version {bench['version']} is "
                                                        f"not the shipped version {shipped.get('version', 1)}"))
+        # the protocol as the config composes it, both sides with their declared defaults filled in (a key left
+        # out means its default), never the raw YAML
+        resolved = compose([f"benchmark={bench['name']}"])
         for section in PROTOCOL_SECTIONS:
-            if (shipped.get(section) or {}) != (cfg.get(section) or {}):
+            if _filled(resolved, section) != _filled(cfg, section):
                 issues.append(ValidationIssue("protocol", f"config.{section} differs from the shipped benchmark "
-                                                          f"'{bench['name']}': {cfg.get(section)} != {shipped.get(section)}"))
+                                                          f"'{bench['name']}': {cfg.get(section)} != {resolved.get(section)}"))
     if (cfg["benchmark"].get("name"), cfg["benchmark"].get("version")) != (bench["name"], bench["version"]):
         issues.append(ValidationIssue("benchmark", f"config.benchmark {cfg['benchmark'].get('name')} "
                                                    f"v{cfg['benchmark'].get('version')} disagrees with the "
