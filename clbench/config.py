@@ -286,10 +286,12 @@ def callback_specs(name: str) -> dict[str, HP]:
 
 
 def model_specs(name: str) -> dict[str, HP]:
+    from clbench.models import COMMON
     cls = MODELS.get(name)
     specs = getattr(cls, "hparams", None)
-    return dict(specs) if specs is not None else specs_from_signature(
+    own = dict(specs) if specs is not None else specs_from_signature(
         cls, skip=("self", "input_shape", "n_classes", "normalize"))
+    return {**own, **COMMON}
 
 
 def scenario_specs(name: str) -> dict[str, HP]:

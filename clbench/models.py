@@ -140,13 +140,37 @@ class ReducedResNet18(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
+# Options every model has, applied here rather than by each model class.
+COMMON = {
+    "standardize": HP(True, "standardise inputs with the training set's per-channel mean/std (false: only scale "
+                            "to [0, 1], as Mammoth's ToTensor-only MNIST protocol)"),
+    "init": HP("default", "weight initialisation: default (PyTorch's) or xavier (Xavier-uniform weights, zero "
+                          "biases, as Mammoth's MNISTMLP)", choices=("default", "xavier")),
+}
+
+
 def build_model(cfg: dict, dataset) -> nn.Module:
-    options = {k: v for k, v in cfg["model"].items() if k != "name"}
+    options = {k: v for k, v in cfg["model"].items() if k != "name" and k not in COMMON}
+    common = {k: cfg["model"].get(k, spec.default) for k, spec in COMMON.items()}
     cls = MODELS.get(cfg["model"]["name"])
-    normalize = Normalize(dataset.scale, dataset.mean, dataset.std)
+    channels = len(dataset.mean)
+    normalize = (Normalize(dataset.scale, dataset.mean, dataset.std) if common["standardize"] else
+                 Normalize(dataset.scale, (0.0,) * channels, (1.0,) * channels))
     try:
-        return cls(input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, normalize=normalize,
-                   **options)
+        model = cls(input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, normalize=normalize,
+                    **options)
     except TypeError as e:  # an unknown model option
         from clbench.errors import ConfigError
         raise ConfigError(f"bad 'model' options for '{cfg['model']['name']}': {e}") from None
+    if common["init"] == "xavier":
+        xavier_(model)
+    return model
+
+
+def xavier_(model: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear and conv layer (Mammoth's MNISTMLP init)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -2,7 +2,8 @@
 one shared label space, task id hidden at test.
 
 As in GEM (Lopez-Paz & Ranzato 2017, data/mnist_rotations.py): the angle of task t is drawn uniformly in
-the t-th of n equal slices of `angle_range` ([0, 180) degrees in GEM), and images are rotated
+the t-th of n equal slices of `angle_range` ([0, 180) degrees in GEM; `angle_draw=uniform`: every angle uniform over the whole range,
+as Mammoth's rot-mnist), and images are rotated
 counter-clockwise about their centre by PIL's `Image.rotate` (nearest neighbour, zero fill). Explicit
 `angles` override the draw.
 
@@ -42,13 +43,24 @@ def gem_angles(n: int, lo: float, hi: float, seed: int) -> list[float]:
     return out
 
 
+def uniform_angles(n: int, lo: float, hi: float, seed: int) -> list[float]:
+    """Every task's angle uniform in [lo, hi), independently (Mammoth's rot-mnist), from the stream seed."""
+    return [lo + (hi - lo) * torch.rand(1, generator=generator(seed, "rotated-uniform", t), dtype=torch.float64).item()
+            for t in range(n)]
+
+
 class Rotated:
     """Domain-incremental rotated inputs: one fixed rotation angle per task, one shared head."""
 
     setting = "domain-il"
 
     def __init__(self, n_experiences: Optional[int] = None, angles: Optional[list] = None,
-                 angle_range: tuple = (0.0, 180.0), train_samples_per_task: Optional[int] = None):
+                 angle_range: tuple = (0.0, 180.0), train_samples_per_task: Optional[int] = None,
+                 angle_draw: str = "slices"):
+        if angle_draw not in ("slices", "uniform"):
+            raise ConfigError(f"bad value for 'scenario.angle_draw': expected slices (GEM) or uniform (Mammoth), "
+                              f"got {angle_draw!r}")
+        self.angle_draw = angle_draw
         if angles is not None:
             if n_experiences is not None and int(n_experiences) != len(angles):
                 raise ConfigError(f"bad value for 'scenario.angles': {len(angles)} angles for "
@@ -73,7 +85,8 @@ class Rotated:
         if len(shape) != 3:
             raise ConfigError(f"scenario 'rotated' needs image inputs (C, H, W); dataset '{dataset.name}' has "
                               f"inputs of shape {shape}")
-        angles = self.angles or gem_angles(self.n_experiences, *self.angle_range, seed)
+        angles = self.angles or (gem_angles(self.n_experiences, *self.angle_range, seed) if self.angle_draw == "slices"
+                                 else uniform_angles(self.n_experiences, *self.angle_range, seed))
         maps = [PixelMap(rotation_map(shape[1], shape[2], angle)) for angle in angles]
         return pixel_map_stream("rotated", dataset, seed, maps, self.train_samples_per_task,
                                 {"angles": [round(a, 4) for a in angles]})
