@@ -244,7 +244,7 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
     ck_every = int(cfg["checkpoint"]["every_steps"]) if checkpoint is not None else 0
 
     resumed = checkpoint is not None and checkpoint.is_file() and _load_checkpoint(run, checkpoint, P, anytime)
-    if not resumed:
+    if not resumed and checkpoint is not None:
         RunDir.clear(run_dir)     # leftovers of an earlier attempt (W&B files) do not mix into this run
     for lg in run.loggers:
         lg.start(run)
