@@ -136,6 +136,10 @@ def execute(run: Run, run_dir: Path) -> dict:
     cfg, stream, strategy = run.cfg, run.stream, run.strategy
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
+    # --- provenance (clbench/provenance.py): code and data identity, taken before training starts ---
+    from clbench.provenance import collect as collect_provenance
+    provenance = collect_provenance(cfg, stream.dataset)
+    # --- end provenance ---
     t_start = time.perf_counter()
     train_s = eval_s = 0.0
     for lg in run.loggers:
@@ -223,6 +227,7 @@ def execute(run: Run, run_dir: Path) -> dict:
         "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s},
         "memory": memory,
         "env": environment(run.device),
+        "provenance": provenance,
         **extra,   # "anytime" (eval.every_steps > 0), "reference" (eval.reference given)
     }
 

@@ -41,6 +41,10 @@ class Registry:
         self._loaded.pop(name, None)
         return obj
 
+    def entry_point(self, name: str):
+        """The entry point `name` resolves through, or None when register() supplies it (or none exists)."""
+        return None if name in self._extra else self._entry_points().get(name)
+
     def get(self, name: str) -> Any:
         if name in self._extra:
             return self._extra[name]

@@ -3,16 +3,24 @@
 A loader is registered in the `clbench.datasets` entry-point group and called as
 `loader(root=..., download=..., **options)`. Normalisation is part of the model (its first layer), so
 raw tensors stay compact (uint8 images) everywhere, replay buffers included.
+
+Every loader's output goes through `clbench.data.checks.check_dataset` here, in `load_dataset`: corrupt
+data is refused with one line naming the file. A loader names the files it read in `sources`
+({"x_train": path, "y_train": path, ...}); the messages cite them, and the data fingerprint of a run
+(clbench/provenance.py) is cached per process while those files are unchanged.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from clbench.config import ConfigError
+from clbench.data.checks import check_dataset, warn_short_classes
 from clbench.registry import DATASETS
 
 
@@ -28,6 +36,8 @@ class TensorDataset:
     scale: float                  # raw value that maps to 1.0 (255 for uint8 images)
     mean: tuple                   # per-channel mean and std of the scaled training inputs
     std: tuple
+    sources: dict = field(default_factory=dict)   # tensor name -> the file (or folder) it was read from
+    test_may_lack_classes: bool = False           # a class with no test samples is a warning, not an error
 
     def to(self, device) -> "TensorDataset":
         for name in ("x_train", "y_train", "x_test", "y_test"):
@@ -72,6 +82,7 @@ def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None
             raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, "
                               f"got {k!r}")
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        warn_short_classes(ds, split, k, y)
         idx = per_class_subset(y.cpu(), k).to(y.device)
         setattr(ds, f"x_{split}", x[idx])
         setattr(ds, f"y_{split}", y[idx])
@@ -94,5 +105,28 @@ def load_dataset(cfg: dict, device: torch.device) -> TensorDataset:
         params = [p for p in inspect.signature(loader).parameters if p not in ("root", "download")]
         raise ConfigError(f"bad 'dataset' options for '{cfg['dataset']['name']}': {e}. Valid options: "
                           f"{', '.join(params + ['train_per_class', 'test_per_class'])}") from None
-    ds = loader(root=cfg["data"]["root"], download=bool(cfg["data"]["download"]), **options)
-    return limit_per_class(ds, **limits).to(device)
+    ds = check_dataset(loader(root=cfg["data"]["root"], download=bool(cfg["data"]["download"]), **options))
+    ds = limit_per_class(ds, **limits)
+    ds.source_key = source_key(cfg["dataset"]["name"], options, limits, ds.sources)
+    return ds.to(device)
+
+
+def _stamp(path: str) -> list:
+    """(path, size, mtime) of a file, or of every file under a folder: what identifies its content cheaply."""
+    p = os.path.abspath(path)
+    if os.path.isdir(p):
+        return [_stamp(os.path.join(d, f))[0] for d, _, files in sorted(os.walk(p)) for f in sorted(files)]
+    st = os.stat(p)
+    return [(p, st.st_size, st.st_mtime_ns)]
+
+
+def source_key(name: str, options: dict, limits: dict, sources: dict):
+    """What a loaded dataset is a function of: the loader, its options, and the files it read (as they
+    are now). None when the loader names no files (its fingerprint is then never cached)."""
+    if not sources:
+        return None
+    try:
+        stamps = {k: _stamp(str(v)) for k, v in sorted(sources.items())}
+    except OSError:
+        return None
+    return json.dumps([name, options, limits, stamps], sort_keys=True, default=str)
