@@ -153,7 +153,8 @@ def module_closure(starts: list[str], packages: set[str]) -> tuple[dict[str, str
         if info is None:
             continue
         hashes[name] = info[0]
-        for imp in info[1]:
+        parents = [name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)]  # imported first, always
+        for imp in [*parents, *info[1]]:
             top = imp.split(".")[0]
             if top in packages:
                 todo.append(imp)

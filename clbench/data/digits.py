@@ -23,5 +23,6 @@ def load_digits(root=None, download=False, test_fraction: float = 0.2, split_see
     mean, std = channel_stats(x_tr, 16.0)
     shipped = os.path.join(os.path.dirname(sklearn.datasets.__file__), "data", "digits.csv.gz")
     sources = {k: shipped for k in ("x_train", "y_train", "x_test", "y_test")} if os.path.isfile(shipped) else {}
-    return TensorDataset("digits", x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long(),
+    # Labels keep sklearn's dtype: clbench.data.checks refuses anything that is not a whole number.
+    return TensorDataset("digits", x_tr, torch.from_numpy(y_tr), x_te, torch.from_numpy(y_te),
                          n_classes=10, input_shape=(1, 8, 8), scale=16.0, mean=mean, std=std, sources=sources)
