@@ -36,7 +36,7 @@ import importlib.util
 import os
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version as dist_version
+from importlib.metadata import PackageNotFoundError, distributions, version as dist_version
 from pathlib import Path
 from typing import Optional
 
@@ -78,27 +78,38 @@ _LOADED: dict = {}    # module name -> (module object, (sha256, imports)) for mo
 _SPECS: dict = {}     # module name -> its source path (or None: not a module with a file)
 
 
-def _imports(source: bytes, package: str) -> list[str]:
-    """Module names an import statement anywhere in the source may load (`from X import a`: X and X.a)."""
+def _statements(body: list):
+    """Every statement, nested ones included (imports are statements: no need to visit expressions)."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            child = getattr(node, field, None)
+            if isinstance(child, list):
+                yield from _statements(child)
+
+
+def _imports(source: bytes, package: str) -> list[tuple[str, bool]]:
+    """What an import statement anywhere in the source may load: (module, False) for `import X` and the
+    X of `from X import a`; (X.a, True) for the a of `from X import a`, a module only if X is a package."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
     names = []
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
+            names += [(a.name, False) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             try:
                 base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
                     if node.level else node.module
             except (ImportError, ValueError):
                 continue
-            names += [base] + [f"{base}.{a.name}" for a in node.names if a.name != "*"]
+            names += [(base, False)] + [(f"{base}.{a.name}", True) for a in node.names if a.name != "*"]
     return names
 
 
-def _file_info(name: str, path: str, is_pkg: bool) -> tuple[str, list[str]]:
+def _file_info(name: str, path: str, is_pkg: bool) -> tuple[str, list[tuple[str, bool]]]:
     st = os.stat(path)
     key = (name, path, st.st_size, st.st_mtime_ns)
     if key not in _FILES:
@@ -109,6 +120,7 @@ def _file_info(name: str, path: str, is_pkg: bool) -> tuple[str, list[str]]:
 
 
 def _source_path(name: str) -> tuple[Optional[str], bool]:
+    """(source file, is a package) without importing the module itself (find_spec imports its parent)."""
     if name not in _SPECS:
         try:
             spec = importlib.util.find_spec(name)
@@ -120,7 +132,12 @@ def _source_path(name: str) -> tuple[Optional[str], bool]:
     return _SPECS[name]
 
 
-def module_info(name: str) -> Optional[tuple[str, list[str]]]:
+def _is_package(name: str) -> bool:
+    mod = sys.modules.get(name)
+    return hasattr(mod, "__path__") if mod is not None else _source_path(name)[1]
+
+
+def module_info(name: str) -> Optional[tuple[str, list[tuple[str, bool]]]]:
     """(sha256 of the module's source file, the modules it may import), or None if it has no file.
 
     For a module already imported, the hash is taken once for that module object: the code that runs."""
@@ -153,16 +170,19 @@ def module_closure(starts: list[str], packages: set[str]) -> tuple[dict[str, str
         if info is None:
             continue
         hashes[name] = info[0]
-        parents = [name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)]  # imported first, always
-        for imp in [*parents, *info[1]]:
+        parents = [(name.rsplit(".", i)[0], False) for i in range(1, name.count(".") + 1)]  # imported first
+        for imp, member in [*parents, *info[1]]:
             top = imp.split(".")[0]
             if top in packages:
-                todo.append(imp)
+                # `from X import a`: a is a module only when X is a package (never import X to find out)
+                if not member or _is_package(imp.rpartition(".")[0]):
+                    todo.append(imp)
             elif top and top != "__future__" and top not in sys.stdlib_module_names:
                 external.add(top)
     return dict(sorted(hashes.items())), external
 
 
+@functools.lru_cache(maxsize=None)
 def _library_version(top: str) -> Optional[str]:
     mod = sys.modules.get(top)
     v = getattr(mod, "__version__", None) if mod is not None else None
@@ -185,12 +205,23 @@ def _strings(value) -> list[str]:
     return []
 
 
-def _distribution(registry: Registry, name: str) -> tuple[Optional[str], Optional[str]]:
+@functools.lru_cache(maxsize=None)
+def _entry_points() -> dict[tuple[str, str], tuple[str, str]]:
+    """{(group, name): (distribution, version)} of the clbench plugin groups, read once per process (one
+    scan of the installed distributions; like the modules, what this process loaded is what it records)."""
+    table: dict[tuple[str, str], tuple[str, str]] = {}
+    for dist in distributions():
+        eps = [ep for ep in dist.entry_points if ep.group.startswith("clbench.")]
+        if eps:
+            who = (dist.metadata["Name"], dist.version)  # parses METADATA: once per plugin distribution
+            for ep in eps:
+                table.setdefault((ep.group, ep.name), who)
+    return table
+
+
+def _distribution(registry: Registry, name: str) -> Optional[tuple[str, str]]:
     """Name and version of the distribution whose entry point registers `name` (None for register())."""
-    ep = registry.entry_point(name)
-    if ep is None or ep.dist is None:
-        return None, None
-    return ep.dist.metadata["Name"], ep.dist.version
+    return None if registry.in_process(name) else _entry_points().get((registry.group, name))
 
 
 def plugins(cfg: dict) -> list[dict]:
@@ -198,15 +229,16 @@ def plugins(cfg: dict) -> list[dict]:
     config names (`wrapper:base` or a value such as strategy.base=derpp), its scenario, dataset, model."""
     strategy = cfg["strategy"]
     named = str(strategy["name"]).split(":") + _strings({k: v for k, v in strategy.items() if k != "name"})
-    registered = set(STRATEGIES.names())  # other values (an Avalanche class, a mode) are not plugins
-    wanted = [("strategy", STRATEGIES, n) for n in dict.fromkeys(named) if n in registered]
+    # other values (an Avalanche class name, a mode) are not plugins
+    wanted = [("strategy", STRATEGIES, n) for n in dict.fromkeys(named)
+              if STRATEGIES.in_process(n) or _distribution(STRATEGIES, n)]
     wanted += [(kind, reg, cfg[kind]["name"]) for kind, reg in (("scenario", SCENARIOS), ("dataset", DATASETS),
                                                                 ("model", MODELS))
                if isinstance(cfg.get(kind), dict) and cfg[kind].get("name")]
     out = []
     for kind, reg, name in wanted:
         obj = reg.get(name)
-        dist, ver = _distribution(reg, name)
+        dist, ver = _distribution(reg, name) or (None, None)
         out.append({"kind": kind, "name": name, "object": f"{obj.__module__}:{obj.__qualname__}",
                     "distribution": dist, "version": ver})
     return out

@@ -41,9 +41,9 @@ class Registry:
         self._loaded.pop(name, None)
         return obj
 
-    def entry_point(self, name: str):
-        """The entry point `name` resolves through, or None when register() supplies it (or none exists)."""
-        return None if name in self._extra else self._entry_points().get(name)
+    def in_process(self, name: str) -> bool:
+        """True when `name` comes from register() in this process (it then shadows any entry point)."""
+        return name in self._extra
 
     def get(self, name: str) -> Any:
         if name in self._extra:
