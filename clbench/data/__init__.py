@@ -5,9 +5,12 @@ A loader is registered in the `clbench.datasets` entry-point group and called as
 raw tensors stay compact (uint8 images) everywhere, replay buffers included.
 
 Every loader's output goes through `clbench.data.checks.check_dataset` here, in `load_dataset`: corrupt
-data is refused with one line naming the file. A loader names the files it read in `sources`
-({"x_train": path, "y_train": path, ...}); the messages cite them, and the data fingerprint of a run
-(clbench/provenance.py) is cached per process while those files are unchanged.
+data is refused with one line naming the file. Loaders hand labels over as read (any integer dtype, or
+floats); the check refuses anything that is not a whole number and makes them int64, so a loader must
+not turn float labels into integers itself (that would truncate 2.7 to 2 before anyone could see it).
+A loader names the files it read in `sources` ({"x_train": path, "y_train": path, ...}); the messages
+cite them, and the data fingerprint of a run (clbench/provenance.py) is cached per process while those
+files are unchanged.
 """
 from __future__ import annotations
 
