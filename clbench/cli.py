@@ -61,9 +61,9 @@ def cmd_sweep(args) -> int:
 def _add_sweep(sub):
     p = sub.add_parser("sweep", help="run the cartesian product of comma-separated overrides (resumable)",
                        description="Run many experiments: key=a,b,c values are swept (cartesian product); "
-                                   "complete runs are skipped on a re-run. Sweep keys: executor=local|ray|submitit "
-                                   "workers=N threads=N name=NAME sweep=FILE ray.num_cpus=1 ray.num_gpus=0 "
-                                   "submitit.*. See docs/sweeps.md.")
+                                   "complete runs of the current code and data are skipped on a re-run. Sweep keys: "
+                                   "executor=local|ray|submitit workers=N threads=N name=NAME sweep=FILE "
+                                   "reuse=same|any ray.num_cpus=1 ray.num_gpus=0 submitit.*. See docs/sweeps.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
                    help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2")
     p.set_defaults(func=cmd_sweep)

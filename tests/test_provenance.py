@@ -308,3 +308,10 @@ def test_report_keeps_identities_apart_and_pool_warns(capsys):
     assert "merges runs of 3 code/data identities" in capsys.readouterr().err
     older = {k: v for k, v in _fake(2, 0.1, a).items() if k != "provenance"}
     assert {r["identity"] for r in aggregate([older])} == {"-/-"}
+
+
+def test_reuse_takes_same_or_any():
+    from clbench.errors import ConfigError
+    with pytest.raises(ConfigError, match="bad value for 'reuse': expected one of same, any, got 'maybe'"):
+        parse_sweep_args([*FAST, "reuse=maybe"])
+    assert parse_sweep_args([*FAST, "reuse=any"]).settings["reuse"] == "any"
