@@ -61,9 +61,9 @@ def cmd_sweep(args) -> int:
 def _add_sweep(sub):
     p = sub.add_parser("sweep", help="run the cartesian product of comma-separated overrides (resumable)",
                        description="Run many experiments: key=a,b,c values are swept (cartesian product); "
-                                   "complete runs are skipped on a re-run. Sweep keys: executor=local|ray|submitit "
-                                   "workers=N threads=N name=NAME sweep=FILE ray.num_cpus=1 ray.num_gpus=0 "
-                                   "submitit.*. See docs/sweeps.md.")
+                                   "complete runs of the current code and data are skipped on a re-run. Sweep keys: "
+                                   "executor=local|ray|submitit workers=N threads=N name=NAME sweep=FILE "
+                                   "reuse=same|any ray.num_cpus=1 ray.num_gpus=0 submitit.*. See docs/sweeps.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
                    help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2")
     p.set_defaults(func=cmd_sweep)
@@ -83,19 +83,22 @@ def _add_leaderboard(sub):
 def cmd_report(args) -> int:
     from clbench.report import report
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics)
+    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics, pool=args.pool)
     return 0
 
 
 def _add_report(sub):
     p = sub.add_parser("report", help="mean ± std over seeds of every metric, as a table and PNG figures",
                        description="Aggregate the runs under PATH (a run folder or a folder of runs, searched "
-                                   "recursively) by benchmark / strategy / config hash without seeds; print the "
-                                   "table and write report.csv, report.md and figures. See docs/metrics.md.")
+                                   "recursively) by benchmark / strategy / config hash without seeds / code and "
+                                   "data identity; print the table and write report.csv, report.md and figures. "
+                                   "See docs/metrics.md and docs/provenance.md.")
     p.add_argument("path", metavar="PATH", help="a run folder, or a folder holding run folders")
     p.add_argument("--out", default=None, help="where to write the report (default: PATH/report)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics for the table and chart (default: main ones)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--pool", action="store_true",
+                   help="pool runs of one configuration across code/data identities (warns for each mixed group)")
     p.set_defaults(func=cmd_report)
 
 

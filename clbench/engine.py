@@ -35,6 +35,7 @@ from clbench.evaluator import AnytimeEvaluator, EvalRow, Evaluator, load_referen
 from clbench.hparams import specs_from_signature
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
+from clbench.provenance import collect as collect_provenance
 from clbench.registry import CALLBACKS, SCENARIOS, STRATEGIES
 from clbench.results import SCHEMA_VERSION, RunDir, environment, make_run_id, write_json_atomic
 from clbench.strategy import Strategy, StreamInfo
@@ -80,7 +81,7 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     """The scenario's stream; with `eval.validation`, validation tasks built from held-out training samples by
     the same scenario (same seed, so the same experiences); with `eval.test=false`, no test data at all."""
     ev = cfg["eval"]
-    dataset = load_dataset(cfg, device, test=ev["test"])
+    dataset = loaded = load_dataset(cfg, device, test=ev["test"])
     if ev["validation"] > 0:
         dataset = holdout_validation(dataset, ev["validation"], int(cfg["stream_seed"]))
     sc = cfg["scenario"]
@@ -102,6 +103,7 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
                                             "stratified_by": "class", "n_val": int(len(dataset.y_val))}
     stream.name = sc["name"]
     stream.dataset = dataset
+    stream.loaded_dataset = loaded        # as loaded, before the validation split: what provenance fingerprints
     # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
     for key, value in (stream.description.get("train_requirements") or {}).items():
         if cfg["train"].get(key) != value:
@@ -152,6 +154,7 @@ class Run:
     val_evaluator: Optional[Evaluator] = None         # validation split (eval.validation > 0)
     loggers: list[Logger] = field(default_factory=list)
     reference: Optional[dict] = None   # joint-training reference (eval.reference) for intransigence
+    provenance: Optional[dict] = None  # code and data identity (clbench/provenance.py)
 
 
 def prepare(cfg: dict) -> Run:
@@ -236,6 +239,8 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
     cfg, stream, strategy = run.cfg, run.stream, run.strategy
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
+    # code and data identity, taken before training starts (clbench/provenance.py)
+    run.provenance = collect_provenance(cfg, stream.loaded_dataset)
     t_start = time.perf_counter()
     P = _Progress()
     every = int(cfg["eval"]["every_steps"])
@@ -401,7 +406,8 @@ def _result(run: Run, P: _Progress, anytime, t_start: float) -> dict:
         "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s, "segments": P.segments},
         "memory": memory,
         "env": environment(run.device),
-        **extra,
+        "provenance": run.provenance,
+        **extra,   # "anytime", "reference", "validation_*", "extra_models", "logs" when present
     }
 
 
@@ -411,6 +417,7 @@ def _save_checkpoint(run: Run, path: Path, P: _Progress, anytime, wall_s: float)
         "version": CHECKPOINT_VERSION,
         "run_id": run.run_id,
         "config_hash": run.cfg_hash,
+        "identity": _identity(run),
         "progress": S.pack({**P.__dict__, "wall_s": P.wall_s + wall_s}),
         "strategy": run.strategy.state_dict(),
         "rng": S.rng_state(),
@@ -418,6 +425,11 @@ def _save_checkpoint(run: Run, path: Path, P: _Progress, anytime, wall_s: float)
         "loggers": {type(lg).__name__: lg.state() for lg in run.loggers},
     }
     S.save(path, state)
+
+
+def _identity(run: Run) -> list:
+    p = run.provenance or {}
+    return [p.get("code_hash"), (p.get("data") or {}).get("data_hash")]
 
 
 def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
@@ -429,6 +441,10 @@ def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
         return False
     if state.get("version") != CHECKPOINT_VERSION or state.get("config_hash") != run.cfg_hash:
         warnings.warn(f"checkpoint {path} is from another configuration or clbench version; starting the run over")
+        return False
+    if state.get("identity") != _identity(run):
+        warnings.warn(f"checkpoint {path} was written by other code or data (code/data identity changed since); "
+                      f"starting the run over rather than mixing the two")
         return False
     if not run.strategy.resumable:
         warnings.warn(f"strategy '{run.cfg['strategy']['name']}' cannot resume mid-run; starting it over")

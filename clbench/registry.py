@@ -70,6 +70,9 @@ class Registry:
             return None
         eps, _ = self._entry_points()
         return _dist_name(eps[name]) if name in eps else None
+    def in_process(self, name: str) -> bool:
+        """True when `name` comes from register() in this process (it then shadows any entry point)."""
+        return name in self._extra
 
     def get(self, name: str) -> Any:
         if name in self._extra:
