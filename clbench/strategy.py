@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbench import state as S
+from clbench import schedules
 from clbench.errors import PluginError, TrainingDiverged
 from clbench.hparams import HP, Params, check_value, defaults
 from clbench.stream import Batch, Experience, TensorSplit
@@ -149,6 +150,10 @@ class Strategy:
         self.loop: Optional[dict] = None     # position inside the current experience (for resuming)
         self._logs: list[tuple[str, float]] = []
         self._class_mask: Optional[Tensor] = None
+        # train.schedule (clbench/schedules.py): the lr follows the position in the experience (self.loop);
+        # the infinite schedule keeps the weights before annealing for the next experience
+        self.schedule = schedules.Schedule(train_cfg)
+        self.schedule_snapshot: Optional[dict] = None
 
     @classmethod
     def _checked_params(cls, params: dict) -> dict:
@@ -211,6 +216,9 @@ class Strategy:
             self.task_classes[t] = sorted(set(self.task_classes.get(t, [])) | set(exp.classes))
             self._class_mask = None
         self.seen_classes = sorted(set(self.seen_classes) | set(exp.classes))
+        if self.schedule_snapshot is not None:       # infinite schedule: continue from before the annealing
+            self.model.load_state_dict(self.schedule_snapshot)
+            self.schedule_snapshot = None
         if self.train_cfg.get("reset_optimizer", True) and exp.index > 0:
             self.optimizer = self.make_optimizer()
         self.loop = {"experience": exp.index, "epoch": 0, "order": None, "pos": 0, "step": 0}
@@ -222,6 +230,8 @@ class Strategy:
     def fit(self, data: TensorSplit) -> Iterator[int]:
         """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position."""
         loop, bs = self.loop, int(self.train_cfg["batch_size"])
+        loop["steps_per_epoch"] = (len(data) + bs - 1) // bs          # the lr schedule's position
+        loop["n_steps"] = loop["steps_per_epoch"] * int(self.train_cfg["epochs"])
         while loop["epoch"] < int(self.train_cfg["epochs"]):
             if loop["order"] is None:
                 loop["order"] = torch.randperm(len(data), generator=self.generator).to(data.device)
@@ -264,12 +274,24 @@ class Strategy:
         self.after_backward(batch)
         for cb in self.callbacks:
             cb.after_backward(self, batch)
-        self.optimizer.step()
+        self.scheduled_step()
         self.after_step(batch)
         for cb in self.callbacks:
             cb.after_step(self, batch)
         self.last_loss = loss.detach()
         return self.last_loss
+
+    def scheduled_step(self) -> None:
+        """The optimizer step at the lr of `train.schedule` for this position of the experience."""
+        loop = self.loop
+        if not self.schedule or loop is None or "n_steps" not in loop:
+            self.optimizer.step()
+            return
+        i, n = loop["step"] - 1, loop["n_steps"]
+        schedules.set_lr(self.optimizer, self.schedule.factor(i, n, loop["steps_per_epoch"], loop["experience"] == 0))
+        self.optimizer.step()
+        if i == self.schedule.snapshot_step(n):
+            self.schedule_snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _checked_loss(self, loss) -> Tensor:
         if isinstance(loss, Tensor) and loss.dim() == 0 and loss.is_floating_point():
@@ -360,6 +382,8 @@ class Strategy:
         kept = {name: getattr(self, name, None) for name in self.checkpoint_attrs}
         if self.previous_model is not None:
             kept["previous_model"] = self.previous_model
+        if self.schedule_snapshot is not None:
+            kept["schedule_snapshot"] = self.schedule_snapshot
         for i, cb in enumerate(self.callbacks):
             kept.update({f"callback{i}.{n}": getattr(cb, n, None) for n in cb.checkpoint_attrs})
         seen: set = set()
@@ -385,6 +409,7 @@ class Strategy:
             "previous_model": S.pack(self.previous_model),
             "attrs": {name: S.pack(getattr(self, name)) for name in self.checkpoint_attrs},
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "schedule_snapshot": S.pack(self.schedule_snapshot),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -402,3 +427,4 @@ class Strategy:
             setattr(self, name, S.unpack(state["attrs"][name], getattr(self, name, None), self.model))
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(cb_state, self.model)
+        self.schedule_snapshot = S.unpack(state.get("schedule_snapshot"))
