@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Evidence for strategy zoo III part 2 (issue 16): every sweep of docs/methods.md "Zoo III (source papers),
+# part 2", in the order they were run. Each stage is one `clbench sweep` of a file in configs/sweep/; the
+# tables come from `clbench report sweeps/zoo3b` (and sweeps/zoo3b-pmnist, sweeps/zoo3b-fewshot).
+#   CLBENCH_DATA=/path/to/datasets bash benchmarks/zoo3b.sh baselines select rfree protocl hnet schedule bvcl fewshot report
+set -euo pipefail
+export OMP_NUM_THREADS=1
+for stage in "$@"; do
+  case "$stage" in
+    baselines) clbench sweep sweep=zoo3-baselines ;;
+    select)
+      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,l2]" strategy.l2=1e-4,1e-3,1e-2
+      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,ewc]" strategy.ewc=1,10,100
+      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,feat_kd]" strategy.feat_kd=0.1,1,10
+      python benchmarks/zoo3b_select.py sweeps/zoo3b-select ;;
+    rfree) clbench sweep sweep=zoo3-rehearsal-free ;;
+    protocl) clbench sweep sweep=zoo3-protocl ;;
+    hnet) clbench sweep sweep=zoo3-hnet ;;
+    schedule) clbench sweep sweep=zoo3-schedule ;;
+    bvcl) clbench sweep sweep=zoo3-binary-vcl ;;
+    fewshot) clbench sweep sweep=zoo3-few-shot ;;
+    report)
+      clbench report sweeps/zoo3b --no-figures
+      clbench report sweeps/zoo3b-pmnist --no-figures
+      clbench report sweeps/zoo3b-fewshot --no-figures ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
