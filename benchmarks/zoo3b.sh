@@ -13,7 +13,9 @@ for stage in "$@"; do
       clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,ewc]" strategy.ewc=1,10,100
       clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,feat_kd]" strategy.feat_kd=0.1,1,10
       python benchmarks/zoo3b_select.py sweeps/zoo3b-select ;;
-    rfree) clbench sweep sweep=zoo3-rehearsal-free ;;
+    rfree)   # the arms with the weights picked on validation (select)
+      # shellcheck disable=SC2046
+      clbench sweep sweep=zoo3-rehearsal-free $(python benchmarks/zoo3b_select.py sweeps/zoo3b-select --overrides) ;;
     protocl) clbench sweep sweep=zoo3-protocl ;;
     hnet) clbench sweep sweep=zoo3-hnet ;;
     schedule) clbench sweep sweep=zoo3-schedule ;;
