@@ -1,4 +1,4 @@
-"""The validation ACC of every run under a folder (runs made with eval.test=false), one line per config; with
+"""The validation ACC of every run under a folder (runs with eval.validation > 0), one line per config; with
 --overrides, the best weight of each rehearsal-free arm as `strategy.<weight>=<value>` overrides (what
 benchmarks/zoo3b.sh passes to the rfree stage)."""
 import json
@@ -9,6 +9,8 @@ WEIGHTS = ("l2", "ewc", "feat_kd")
 rows = []
 for path in sorted(Path(sys.argv[1]).rglob("result.json")):
     r = json.loads(path.read_text())
+    if "validation_metrics" not in r:
+        continue
     s = r["config"]["strategy"]
     weights = {k: s[k] for k in WEIGHTS if k in s.get("terms", [])}
     rows.append((",".join(s.get("terms", [])), weights, r["validation_metrics"]["acc"], r["validation_metrics"]["bwt"]))
