@@ -151,7 +151,7 @@ def benchmark_path(name: str) -> Path:
     if name.endswith((".yaml", ".yml")):
         if Path(name).is_file():
             return Path(name)
-        raise ConfigError(f"bad value for 'benchmark': no such file {name}")
+        raise bad_value("benchmark", f"no such file {name}")
     path = configs_dir() / "benchmark" / f"{name}.yaml"
     if not path.is_file():
         names = benchmark_names()
@@ -454,7 +454,7 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"bad value for '{key}': {msg}" if key else f"bad config: {msg}") from None
+        raise bad_value(f"{key}", f"{msg}" if key else f"bad config: {msg}") from None
     cfg = validate(cfg)
     if not cfg["callbacks"]:
         del cfg["callbacks"]     # keeps the hash of configs without callbacks unchanged

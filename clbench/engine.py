@@ -30,7 +30,7 @@ from clbench import metrics as M
 from clbench import state as S
 from clbench.config import compose, config_hash
 from clbench.data import holdout_validation, load_dataset
-from clbench.errors import ClbenchError, ConfigError, PluginError
+from clbench.errors import ConfigError, PluginError, RunInterrupted, bad_value
 from clbench.evaluator import AnytimeEvaluator, EvalRow, Evaluator, load_reference
 from clbench.hparams import specs_from_signature
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
@@ -44,25 +44,11 @@ from clbench.stream import Stream
 CHECKPOINT_VERSION = 1
 
 
-class RunInterrupted(ClbenchError):
-    """SIGTERM or SIGINT arrived: the run saved a checkpoint and stopped; the same command resumes it."""
-
-    def __init__(self, signum: int, where: str, folder: Path):
-        self.signum, self.where, self.folder = signum, where, folder
-        name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name} {where}; checkpoint saved in {folder}. Re-run the same command "
-                         f"to resume (or add resume=false to start over)")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"bad value for 'device': {name!r} requested but CUDA is not available (use device=cpu)")
+        raise bad_value("device", f"{name!r} requested but CUDA is not available (use device=cpu)")
     return torch.device(name)
 
 
@@ -92,13 +78,14 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     if ev["validation"] > 0:
         as_test = _with_test(dataset, dataset.x_val, dataset.y_val)
         vstream = scenario.build(as_test, seed)
-        if stream is None:
+        val_tasks = vstream.eval_tasks
+        if stream is None:              # no test split: the validation build is the stream, without test tasks
             stream, vstream.eval_tasks = vstream, []
         elif [e["classes"] for e in stream.describe()["experiences"]] != \
                 [e["classes"] for e in vstream.describe()["experiences"]]:
             raise PluginError(f"scenario '{sc['name']}' built different experiences for the same seed; its "
                               f"validation tasks cannot be aligned with its test tasks (is its build() seeded?)")
-        stream.val_tasks = vstream.eval_tasks
+        stream.val_tasks = val_tasks
         stream.description["validation"] = {"fraction": ev["validation"], "seed": "stream_seed",
                                             "stratified_by": "class", "n_val": int(len(dataset.y_val))}
     stream.name = sc["name"]
@@ -107,7 +94,7 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
     for key, value in (stream.description.get("train_requirements") or {}).items():
         if cfg["train"].get(key) != value:
-            raise ConfigError(f"bad value for 'train.{key}': scenario '{sc['name']}' with these options requires "
+            raise bad_value(f"train.{key}", f"scenario '{sc['name']}' with these options requires "
                               f"train.{key}={value}, got {cfg['train'].get(key)!r}")
     return stream
 
@@ -168,7 +155,7 @@ def prepare(cfg: dict) -> Run:
     evaluator = Evaluator(stream, batch_size=bs) if cfg["eval"]["test"] else None
     val_evaluator = Evaluator(stream, batch_size=bs, split="val") if stream.val_tasks else None
     if cfg["eval"]["every_steps"] and not strategy.step_events:
-        raise ConfigError(f"bad value for 'eval.every_steps': strategy '{cfg['strategy']['name']}' trains in an "
+        raise bad_value("eval.every_steps", f"strategy '{cfg['strategy']['name']}' trains in an "
                           f"opaque loop with no per-step events; use eval.every_steps=0")
     ref = cfg["eval"].get("reference")
     reference = load_reference(ref, stream, cfg) if ref else None

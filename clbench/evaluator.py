@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from clbench import metrics as M
-from clbench.errors import ConfigError
+from clbench.errors import ConfigError, bad_value
 from clbench.strategy import Strategy
 from clbench.stream import Stream
 
@@ -164,21 +164,21 @@ def load_reference(path, stream: Stream, cfg: dict) -> dict:
     p = Path(path)
     file = p / "result.json" if p.is_dir() else p
     if not file.is_file():
-        raise ConfigError(f"bad value for 'eval.reference': {str(path)!r} is not a run folder with a result.json "
+        raise bad_value("eval.reference", f"{str(path)!r} is not a run folder with a result.json "
                           f"(give the folder of a finished joint-training run, or its result.json)")
     try:
         ref = load_result(file)
         ref_R, ref_stream = ref["accuracy_matrix"], ref["stream"]
     except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"bad value for 'eval.reference': cannot read {file} ({type(e).__name__}: {e})") from None
+        raise bad_value("eval.reference", f"cannot read {file} ({type(e).__name__}: {e})") from None
     bench = cfg["benchmark"]["name"]
     if ref.get("config", {}).get("benchmark", {}).get("name") != bench:
-        raise ConfigError(f"bad value for 'eval.reference': {file} is a run of benchmark "
+        raise bad_value("eval.reference", f"{file} is a run of benchmark "
                           f"'{ref.get('config', {}).get('benchmark', {}).get('name')}', not '{bench}'")
     ref_classes = [list(t["classes"]) for t in ref_stream.get("eval_tasks", [])]
     classes = [list(t.classes) for t in stream.eval_tasks]
     if ref_classes != classes:
-        raise ConfigError(f"bad value for 'eval.reference': the evaluation tasks of {file} hold classes "
+        raise bad_value("eval.reference", f"the evaluation tasks of {file} hold classes "
                           f"{ref_classes}, this run's hold {classes} (use the same stream seed / class order)")
     strat = ref.get("config", {}).get("strategy", {})
     final_only = strat.get("name") == "joint" and not strat.get("every_experience", False)

@@ -173,12 +173,12 @@ class Stream:
 
     @property
     def task_classes(self) -> dict[int, list[int]]:
-        return {t.task_id: t.classes for t in self.eval_tasks}
+        return {t.task_id: t.classes for t in (self.eval_tasks or self.val_tasks)}
 
     def learned_rows(self) -> list[int]:
         if self.learned_at is not None:
             return list(self.learned_at)
-        return list(range(len(self.eval_tasks)))
+        return list(range(len(self.eval_tasks or self.val_tasks)))
 
     def describe(self) -> dict:
         """The stream description stored in result.json."""
@@ -186,7 +186,7 @@ class Stream:
             "scenario": self.name,
             "setting": self.setting,
             "n_experiences": len(self.experiences),
-            "n_eval_tasks": len(self.eval_tasks),
+            "n_eval_tasks": len(self.eval_tasks or self.val_tasks),
             "n_classes": self.n_classes,
             "learned_at": self.learned_rows(),
             "experiences": [
