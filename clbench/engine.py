@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from clbench import metrics as M
+from clbench.anytime import AnytimeEvaluator
 from clbench.config import ConfigError, compose, config_hash
 from clbench.data import load_dataset
-from clbench.evaluator import AnytimeEvaluator, Evaluator, load_reference
+from clbench.evaluator import Evaluator, load_reference
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
 from clbench.registry import SCENARIOS, STRATEGIES
