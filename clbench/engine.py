@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from clbench import metrics as M
-from clbench.anytime import AnytimeEvaluator
+from clbench.anytime import AnytimeEvaluator, check_config as anytime_config
 from clbench.config import ConfigError, compose, config_hash
 from clbench.data import load_dataset
 from clbench.evaluator import Evaluator, load_reference
@@ -118,9 +118,7 @@ def prepare(cfg: dict) -> Run:
     stream = build_stream(cfg, device)
     strategy = build_strategy(cfg, stream, device)
     evaluator = Evaluator(stream, batch_size=int(cfg["eval"].get("batch_size", 1000)))
-    every = cfg["eval"].get("every_steps") or 0
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise ConfigError(f"bad value for 'eval.every_steps': expected an integer >= 0 (0: off), got {every!r}")
+    anytime_config(cfg)  # eval.every_samples / every_steps / anytime_accuracy
     ref = cfg["eval"].get("reference")
     reference = load_reference(ref, stream, cfg) if ref else None
     return Run(cfg=cfg, cfg_hash=h, run_id=make_run_id(cfg, h), device=device, stream=stream,
@@ -142,14 +140,13 @@ def execute(run: Run, run_dir: Path) -> dict:
     for lg in run.loggers:
         lg.start(run)
 
-    every = int(cfg["eval"].get("every_steps") or 0)
-    anytime = AnytimeEvaluator(run.evaluator, every, stream.learned_rows()) if every > 0 else None
+    anytime = AnytimeEvaluator.from_config(run.evaluator, cfg)
 
-    def on_step(_strategy, loss):
+    def on_step(_strategy, loss, n_samples=None):
         for lg in run.loggers:
             lg.train_step(run, loss)
         if anytime is not None:
-            point = anytime.after_step(_strategy)
+            point = anytime.after_step(_strategy, n_samples)
             if point is not None:
                 for lg in run.loggers:
                     lg.log_anytime(run, point)

@@ -97,7 +97,7 @@ class Strategy:
                                            generator=self.generator):
                 loss = self.train_step(batch)
                 if self.step_callback is not None:
-                    self.step_callback(self, loss)
+                    self.step_callback(self, loss, len(batch.y))   # stream samples of this step
         self.after_experience(exp)
 
     def train_step(self, batch: Batch) -> Tensor:
