@@ -31,7 +31,8 @@ from clbench import state as S
 from clbench.config import compose, config_hash
 from clbench.data import holdout_validation, load_dataset
 from clbench.errors import ConfigError, PluginError, RunInterrupted, bad_value
-from clbench.evaluator import AnytimeEvaluator, EvalRow, Evaluator, load_reference
+from clbench.anytime import AnytimeEvaluator, check_config as anytime_config
+from clbench.evaluator import EvalRow, Evaluator, load_reference
 from clbench.hparams import specs_from_signature
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
@@ -154,9 +155,10 @@ def prepare(cfg: dict) -> Run:
     bs = int(cfg["eval"]["batch_size"])
     evaluator = Evaluator(stream, batch_size=bs) if cfg["eval"]["test"] else None
     val_evaluator = Evaluator(stream, batch_size=bs, split="val") if stream.val_tasks else None
-    if cfg["eval"]["every_steps"] and not strategy.step_events:
+    anytime_config(cfg)  # eval.every_samples / every_steps / anytime_accuracy
+    if (cfg["eval"]["every_steps"] or cfg["eval"]["every_samples"]) and not strategy.step_events:
         raise bad_value("eval.every_steps", f"strategy '{cfg['strategy']['name']}' trains in an "
-                          f"opaque loop with no per-step events; use eval.every_steps=0")
+                          f"opaque loop with no per-step events; use eval.every_steps=0 and eval.every_samples=0")
     ref = cfg["eval"].get("reference")
     reference = load_reference(ref, stream, cfg) if ref else None
     return Run(cfg=cfg, cfg_hash=h, run_id=make_run_id(cfg, h), device=device, stream=stream, strategy=strategy,
@@ -230,9 +232,8 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
     run.provenance = collect_provenance(cfg, stream.loaded_dataset)
     t_start = time.perf_counter()
     P = _Progress()
-    every = int(cfg["eval"]["every_steps"])
     main_eval = run.evaluator or run.val_evaluator
-    anytime = AnytimeEvaluator(main_eval, every, stream.learned_rows()) if every > 0 else None
+    anytime = AnytimeEvaluator.from_config(main_eval, cfg)
     ck_every = int(cfg["checkpoint"]["every_steps"]) if checkpoint is not None else 0
 
     resumed = checkpoint is not None and checkpoint.is_file() and _load_checkpoint(run, checkpoint, P, anytime)
@@ -284,7 +285,7 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
                     for lg in run.loggers:
                         lg.log_values(run, strategy.global_step, dict(logs))
                 if anytime is not None:
-                    point = anytime.after_step(strategy)
+                    point = anytime.after_step(strategy, n)
                     if point is not None:
                         for lg in run.loggers:
                             lg.log_anytime(run, point)
@@ -408,7 +409,7 @@ def _save_checkpoint(run: Run, path: Path, P: _Progress, anytime, wall_s: float)
         "progress": S.pack({**P.__dict__, "wall_s": P.wall_s + wall_s}),
         "strategy": run.strategy.state_dict(),
         "rng": S.rng_state(),
-        "anytime": S.pack({k: v for k, v in anytime.__dict__.items() if k != "evaluator"}) if anytime else None,
+        "anytime": S.pack(anytime.state_dict()) if anytime else None,
         "loggers": {type(lg).__name__: lg.state() for lg in run.loggers},
     }
     S.save(path, state)
@@ -441,8 +442,7 @@ def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
         setattr(P, k, v)
     P.segments += 1
     if anytime is not None and state.get("anytime") is not None:
-        for k, v in S.unpack(state["anytime"]).items():
-            setattr(anytime, k, v)
+        anytime.load_state_dict(S.unpack(state["anytime"]))
     for lg in run.loggers:
         lg.restore(state.get("loggers", {}).get(type(lg).__name__) or {})
     S.set_rng_state(state["rng"])

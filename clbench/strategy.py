@@ -220,11 +220,13 @@ class Strategy:
             cb.before_experience(self, exp)
 
     def fit(self, data: TensorSplit) -> Iterator[int]:
-        """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position."""
+        """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position; yields the
+        number of stream samples of each step."""
         loop, bs = self.loop, int(self.train_cfg["batch_size"])
         while loop["epoch"] < int(self.train_cfg["epochs"]):
-            if loop["order"] is None:
-                loop["order"] = torch.randperm(len(data), generator=self.generator).to(data.device)
+            if loop["order"] is None:     # an online split is consumed in its arrival order, never shuffled
+                loop["order"] = (torch.arange(len(data), device=data.device) if data.arrival_order else
+                                 torch.randperm(len(data), generator=self.generator).to(data.device))
             while loop["pos"] < len(data):
                 pos = loop["order"][loop["pos"]:loop["pos"] + bs]
                 batch = data.get(pos)

@@ -119,6 +119,8 @@ class ArrivalOrderSplit(TensorSplit):
     built), so `batches()` yields them in that order whatever `shuffle` says. With train.epochs=1 (which
     online streams require) every sample is seen exactly once, in small arriving batches."""
 
+    arrival_order = True   # position p is the (p+1)-th sample training consumes (anytime exposure relies on it)
+
     def batches(self, batch_size: int, shuffle: bool = True, generator: Optional[torch.Generator] = None):
         return super().batches(batch_size, shuffle=False)
 
