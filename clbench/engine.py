@@ -30,8 +30,9 @@ from clbench import metrics as M
 from clbench import state as S
 from clbench.config import compose, config_hash
 from clbench.data import holdout_validation, load_dataset
-from clbench.errors import ClbenchError, ConfigError, PluginError
-from clbench.evaluator import AnytimeEvaluator, EvalRow, Evaluator, load_reference
+from clbench.errors import ConfigError, PluginError, RunInterrupted, bad_value
+from clbench.anytime import AnytimeEvaluator, check_config as anytime_config
+from clbench.evaluator import EvalRow, Evaluator, load_reference
 from clbench.hparams import specs_from_signature
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
@@ -44,25 +45,11 @@ from clbench.stream import Stream
 CHECKPOINT_VERSION = 1
 
 
-class RunInterrupted(ClbenchError):
-    """SIGTERM or SIGINT arrived: the run saved a checkpoint and stopped; the same command resumes it."""
-
-    def __init__(self, signum: int, where: str, folder: Path):
-        self.signum, self.where, self.folder = signum, where, folder
-        name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name} {where}; checkpoint saved in {folder}. Re-run the same command "
-                         f"to resume (or add resume=false to start over)")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"bad value for 'device': {name!r} requested but CUDA is not available (use device=cpu)")
+        raise bad_value("device", f"{name!r} requested but CUDA is not available (use device=cpu)")
     return torch.device(name)
 
 
@@ -92,13 +79,14 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     if ev["validation"] > 0:
         as_test = _with_test(dataset, dataset.x_val, dataset.y_val)
         vstream = scenario.build(as_test, seed)
-        if stream is None:
+        val_tasks = vstream.eval_tasks
+        if stream is None:              # no test split: the validation build is the stream, without test tasks
             stream, vstream.eval_tasks = vstream, []
         elif [e["classes"] for e in stream.describe()["experiences"]] != \
                 [e["classes"] for e in vstream.describe()["experiences"]]:
             raise PluginError(f"scenario '{sc['name']}' built different experiences for the same seed; its "
                               f"validation tasks cannot be aligned with its test tasks (is its build() seeded?)")
-        stream.val_tasks = vstream.eval_tasks
+        stream.val_tasks = val_tasks
         stream.description["validation"] = {"fraction": ev["validation"], "seed": "stream_seed",
                                             "stratified_by": "class", "n_val": int(len(dataset.y_val))}
     stream.name = sc["name"]
@@ -107,7 +95,7 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
     for key, value in (stream.description.get("train_requirements") or {}).items():
         if cfg["train"].get(key) != value:
-            raise ConfigError(f"bad value for 'train.{key}': scenario '{sc['name']}' with these options requires "
+            raise bad_value(f"train.{key}", f"scenario '{sc['name']}' with these options requires "
                               f"train.{key}={value}, got {cfg['train'].get(key)!r}")
     return stream
 
@@ -167,9 +155,10 @@ def prepare(cfg: dict) -> Run:
     bs = int(cfg["eval"]["batch_size"])
     evaluator = Evaluator(stream, batch_size=bs) if cfg["eval"]["test"] else None
     val_evaluator = Evaluator(stream, batch_size=bs, split="val") if stream.val_tasks else None
-    if cfg["eval"]["every_steps"] and not strategy.step_events:
-        raise ConfigError(f"bad value for 'eval.every_steps': strategy '{cfg['strategy']['name']}' trains in an "
-                          f"opaque loop with no per-step events; use eval.every_steps=0")
+    anytime_config(cfg)  # eval.every_samples / every_steps / anytime_accuracy
+    if (cfg["eval"]["every_steps"] or cfg["eval"]["every_samples"]) and not strategy.step_events:
+        raise bad_value("eval.every_steps", f"strategy '{cfg['strategy']['name']}' trains in an "
+                          f"opaque loop with no per-step events; use eval.every_steps=0 and eval.every_samples=0")
     ref = cfg["eval"].get("reference")
     reference = load_reference(ref, stream, cfg) if ref else None
     return Run(cfg=cfg, cfg_hash=h, run_id=make_run_id(cfg, h), device=device, stream=stream, strategy=strategy,
@@ -243,9 +232,8 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
     run.provenance = collect_provenance(cfg, stream.loaded_dataset)
     t_start = time.perf_counter()
     P = _Progress()
-    every = int(cfg["eval"]["every_steps"])
     main_eval = run.evaluator or run.val_evaluator
-    anytime = AnytimeEvaluator(main_eval, every, stream.learned_rows()) if every > 0 else None
+    anytime = AnytimeEvaluator.from_config(main_eval, cfg)
     ck_every = int(cfg["checkpoint"]["every_steps"]) if checkpoint is not None else 0
 
     resumed = checkpoint is not None and checkpoint.is_file() and _load_checkpoint(run, checkpoint, P, anytime)
@@ -297,7 +285,7 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
                     for lg in run.loggers:
                         lg.log_values(run, strategy.global_step, dict(logs))
                 if anytime is not None:
-                    point = anytime.after_step(strategy)
+                    point = anytime.after_step(strategy, n)
                     if point is not None:
                         for lg in run.loggers:
                             lg.log_anytime(run, point)
@@ -324,7 +312,6 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
             if anytime is not None:
                 anytime.add_row(exp.index, (row or vrow).acc)
             for lg in run.loggers:
-                lg.experience_end(run, exp)
                 lg.log_row(run, exp.index, row or vrow)
             P.next_exp = exp.index + 1
             if P.next_exp < len(stream):
@@ -421,7 +408,7 @@ def _save_checkpoint(run: Run, path: Path, P: _Progress, anytime, wall_s: float)
         "progress": S.pack({**P.__dict__, "wall_s": P.wall_s + wall_s}),
         "strategy": run.strategy.state_dict(),
         "rng": S.rng_state(),
-        "anytime": S.pack({k: v for k, v in anytime.__dict__.items() if k != "evaluator"}) if anytime else None,
+        "anytime": S.pack(anytime.state_dict()) if anytime else None,
         "loggers": {type(lg).__name__: lg.state() for lg in run.loggers},
     }
     S.save(path, state)
@@ -454,8 +441,7 @@ def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
         setattr(P, k, v)
     P.segments += 1
     if anytime is not None and state.get("anytime") is not None:
-        for k, v in S.unpack(state["anytime"]).items():
-            setattr(anytime, k, v)
+        anytime.load_state_dict(S.unpack(state["anytime"]))
     for lg in run.loggers:
         lg.restore(state.get("loggers", {}).get(type(lg).__name__) or {})
     S.set_rng_state(state["rng"])

@@ -161,9 +161,9 @@ def _check_setting(name: str, cls, setting: str, extra) -> list[Check]:
     from clbench.config import compose
     from clbench.engine import execute, prepare
     out = []
-    cfg = compose(tiny_overrides(setting, name, extra))
     # the run as the engine makes it (this also exercises the loss contract on every step)
     try:
+        cfg = compose(tiny_overrides(setting, name, extra))
         r1 = prepare(cfg)
         res1 = execute(r1, None)
     except PluginError as e:
@@ -204,10 +204,12 @@ def _resume(cfg: dict, setting: str) -> Check:
         a = prepare(cfg)
         exps = a.stream.experiences
         _train(a, exps[:1])
-        steps = None
+        steps, next_exp = None, 1
         if where == "mid-experience":
             steps = a.strategy.train_experience(exps[1].sealed())
             next(steps, None)
+            if a.strategy.loop is None:       # the experience had no step to stop in (e.g. joint before the last)
+                next_exp = 2
         try:
             saved = _roundtrip(a.strategy.state_dict())
         except Exception as e:
@@ -221,9 +223,13 @@ def _resume(cfg: dict, setting: str) -> Check:
         except Exception as e:
             return Check("resume", setting, False, f"load_state_dict() failed: {type(e).__name__}: {e}")
         S.set_rng_state(rng)
-        _finish(a, steps, exps)
+        if steps is not None:
+            for _ in steps:
+                pass
+            next_exp = 2
+        _train(a, exps[next_exp:])
         S.set_rng_state(rng)
-        _finish(b, b.strategy.train_experience(exps[1].sealed()) if steps is not None else None, exps)
+        _train(b, exps[1 if b.strategy.loop is not None else next_exp:])   # a restored loop continues experience 1
         if not _same(_fingerprint(a.strategy), _fingerprint(b.strategy)):
             return Check("resume", setting, False, f"a strategy restored from state_dict() ({where}) trains differently "
                                                     f"from the original: list every attribute that changes during "
@@ -236,16 +242,7 @@ def _resume(cfg: dict, setting: str) -> Check:
     return Check("resume", setting, True)
 
 
-def _finish(run, steps, exps) -> None:
-    if steps is not None:
-        for _ in steps:
-            pass
-        _train(run, exps[2:])
-    else:
-        _train(run, exps[1:])
-
-
-def _storages(obj, seen: set, found: dict, depth: int = 0) -> None:
+def reachable_storages(obj, seen: set, found: dict, depth: int = 0) -> None:
     """Every tensor storage reachable from obj through attributes, containers and closures."""
     if id(obj) in seen or depth > 12:
         return
@@ -257,29 +254,29 @@ def _storages(obj, seen: set, found: dict, depth: int = 0) -> None:
         return
     if isinstance(obj, dict):
         for v in obj.values():
-            _storages(v, seen, found, depth + 1)
+            reachable_storages(v, seen, found, depth + 1)
         return
     if isinstance(obj, (list, tuple, set, frozenset)):
         for v in obj:
-            _storages(v, seen, found, depth + 1)
+            reachable_storages(v, seen, found, depth + 1)
         return
     if isinstance(obj, nn.Module):
         for t in [*obj.parameters(), *obj.buffers()]:
-            _storages(t, seen, found, depth + 1)
+            reachable_storages(t, seen, found, depth + 1)
     closure = getattr(obj, "__closure__", None)
     if closure:
         for cell in closure:
             try:
-                _storages(cell.cell_contents, seen, found, depth + 1)
+                reachable_storages(cell.cell_contents, seen, found, depth + 1)
             except ValueError:
                 pass
     for attr in ("__self__", "__func__"):
         if hasattr(obj, attr) and not isinstance(obj, type):
-            _storages(getattr(obj, attr), seen, found, depth + 1)
+            reachable_storages(getattr(obj, attr), seen, found, depth + 1)
     d = getattr(obj, "__dict__", None)
     if isinstance(d, dict) and not isinstance(obj, type):
         for v in d.values():
-            _storages(v, seen, found, depth + 1)
+            reachable_storages(v, seen, found, depth + 1)
 
 
 def _sealed(run, setting: str) -> Check:
@@ -292,6 +289,6 @@ def _sealed(run, setting: str) -> Check:
         if t is not None and t.numel() > 0:
             forbidden[t.untyped_storage().data_ptr()] = label
     found: dict = {}
-    _storages(run.strategy, set(), found)
+    reachable_storages(run.strategy, set(), found)
     leaks = sorted({forbidden[p] for p in found if p in forbidden})
     return Check("sealed", setting, not leaks, f"the strategy holds a reference to {', '.join(leaks)}" if leaks else "")

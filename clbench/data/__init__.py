@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError, bad_value
 from clbench.data.checks import check_dataset, warn_short_classes
 from clbench.registry import DATASETS
 
@@ -89,7 +89,7 @@ def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None
         if k is None or getattr(ds, f"y_{split}") is None:
             continue
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, "
+            raise bad_value(f"dataset.{split}_per_class", f"expected an integer >= 1 or null, "
                               f"got {k!r}")
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         warn_short_classes(ds, split, k, y)
