@@ -33,7 +33,9 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from clbench.errors import bad_value
+import torch
+
+from clbench.errors import PluginError, bad_value
 
 SCHEDULES = ("constant", "step", "cosine", "infinite")
 # The train.* keys each schedule reads; the others are dropped from the resolved config, so a key that changes
@@ -100,6 +102,32 @@ class Schedule:
             n_d = int(n * self.cfg["anneal_at"])
             return n_d if n_d < n - 1 else None       # no annealing step in this experience: nothing to branch
         return None
+
+
+def trained_outside(model, optimizer) -> list:
+    """The parameters the optimizer trains that are not the model's (HNET's hypernetwork and task embeddings)."""
+    own = {id(p) for p in model.parameters()}
+    return [p for group in optimizer.param_groups for p in group["params"] if id(p) not in own]
+
+
+def snapshot(model, optimizer) -> dict:
+    """The weights the next experience starts from: the model's state (parameters and buffers) and every other
+    parameter the optimizer trains."""
+    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "trained": [p.detach().clone() for p in trained_outside(model, optimizer)]}
+
+
+def restore(saved: dict, model, optimizer) -> None:
+    """Load a snapshot back (the optimizer still trains the parameters it trained when the snapshot was taken)."""
+    params = trained_outside(model, optimizer)
+    if len(params) != len(saved["trained"]) or any(p.shape != v.shape for p, v in zip(params, saved["trained"])):
+        raise PluginError(f"train.schedule=infinite: the optimizer's parameters changed between the snapshot before "
+                          f"the annealing and the next experience ({len(saved['trained'])} tensors kept, "
+                          f"{len(params)} trained now); set train.restart_before_anneal=false for this strategy")
+    model.load_state_dict(saved["model"])
+    with torch.no_grad():
+        for p, v in zip(params, saved["trained"]):
+            p.copy_(v)
 
 
 def set_lr(optimizer, factor: float) -> None:

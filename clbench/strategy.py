@@ -220,7 +220,7 @@ class Strategy:
             self._class_mask = None
         self.seen_classes = sorted(set(self.seen_classes) | set(exp.classes))
         if self.schedule_snapshot is not None:       # infinite schedule: continue from before the annealing
-            self.model.load_state_dict(self.schedule_snapshot)
+            schedules.restore(self.schedule_snapshot, self.model, self.optimizer)
             self.schedule_snapshot = None
         if self.train_cfg.get("reset_optimizer", True) and exp.index > 0:
             self.optimizer = self.make_optimizer()
@@ -273,6 +273,7 @@ class Strategy:
 
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
+        self.scheduled_lr()
         loss = self._checked_loss(self.loss(batch))
         if self.loop is not None:
             self.loop["step"] += 1
@@ -287,24 +288,28 @@ class Strategy:
         self.after_backward(batch)
         for cb in self.callbacks:
             cb.after_backward(self, batch)
-        self.scheduled_step()
+        self.optimizer.step()
+        self.keep_schedule_snapshot()
         self.after_step(batch)
         for cb in self.callbacks:
             cb.after_step(self, batch)
         self.last_loss = loss.detach()
         return self.last_loss
 
-    def scheduled_step(self) -> None:
-        """The optimizer step at the lr of `train.schedule` for this position of the experience."""
+    def scheduled_lr(self) -> None:
+        """Set the lr of `train.schedule` for the coming step, before loss() (HNET's look-ahead reads it)."""
         loop = self.loop
-        if not self.schedule or loop is None or "n_steps" not in loop:
-            self.optimizer.step()
-            return
-        i, n = loop["step"] - 1, loop["n_steps"]
-        schedules.set_lr(self.optimizer, self.schedule.factor(i, n, loop["steps_per_epoch"], loop["experience"] == 0))
-        self.optimizer.step()
-        if i == self.schedule.snapshot_step(n):
-            self.schedule_snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.schedule and loop is not None and "n_steps" in loop:
+            first = loop["experience"] == 0
+            schedules.set_lr(self.optimizer, self.schedule.factor(loop["step"], loop["n_steps"],
+                                                                  loop["steps_per_epoch"], first))
+
+    def keep_schedule_snapshot(self) -> None:
+        """The infinite schedule: after its last constant-lr step, keep the weights the next experience starts from."""
+        loop = self.loop
+        if self.schedule and loop is not None and "n_steps" in loop and \
+                loop["step"] - 1 == self.schedule.snapshot_step(loop["n_steps"]):
+            self.schedule_snapshot = schedules.snapshot(self.model, self.optimizer)
 
     def _checked_loss(self, loss) -> Tensor:
         if isinstance(loss, Tensor) and loss.dim() == 0 and loss.is_floating_point():

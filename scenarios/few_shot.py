@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from clbench.config import ConfigError
+from clbench.errors import bad_value
+from clbench.hparams import HP
 from clbench.scenarios.common import check_positive_int, check_stream, generator
 from clbench.stream import EvalTask, Experience, Stream, TensorSplit
 
@@ -38,6 +39,13 @@ def fresh_indices(y: torch.Tensor, seed: int, tag: str) -> dict[int, list[int]]:
 class FewShot:
     """Few-shot sessions: n_way classes x k_shot training images each, n_query test images per class."""
 
+    hparams = {
+        "n_experiences": HP(20, "sessions", low=1),
+        "n_way": HP(5, "classes drawn per session (at most the dataset's)", low=2),
+        "k_shot": HP(5, "fresh training images per class of a session (its support set)", low=1),
+        "n_query": HP(15, "fresh test images per class of a session (its query set)", low=1),
+    }
+
     setting = "task-il"
 
     def __init__(self, n_experiences: int = 20, n_way: int = 5, k_shot: int = 5, n_query: int = 15):
@@ -48,8 +56,8 @@ class FewShot:
 
     def build(self, dataset, seed: int) -> Stream:
         if self.n_way > dataset.n_classes:
-            raise ConfigError(f"bad value for 'scenario.n_way': {self.n_way} classes per session but the dataset "
-                              f"has {dataset.n_classes}")
+            raise bad_value("scenario.n_way", f"{self.n_way} classes per session but the dataset has "
+                                              f"{dataset.n_classes}")
         g = generator(seed, "few_shot", "classes")
         support = fresh_indices(dataset.y_train.cpu(), seed, "support")
         query = fresh_indices(dataset.y_test.cpu(), seed, "query")
@@ -59,9 +67,9 @@ class FewShot:
             tr, te = [], []
             for c in classes:
                 if len(support[c]) < self.k_shot or len(query[c]) < self.n_query:
-                    raise ConfigError(f"bad value for 'scenario.n_experiences': class {c} runs out of fresh images "
-                                      f"at session {t} ({self.k_shot} training and {self.n_query} test images per "
-                                      f"session; fewer sessions, shots or queries)")
+                    raise bad_value("scenario.n_experiences", f"class {c} runs out of fresh images at session {t} "
+                                                              f"({self.k_shot} training and {self.n_query} test images "
+                                                              f"per session; fewer sessions, shots or queries)")
                 tr += support[c][:self.k_shot]
                 te += query[c][:self.n_query]
                 del support[c][:self.k_shot], query[c][:self.n_query]

@@ -12,7 +12,8 @@ from clbench.strategy import Strategy
 from clbench.testing import check_strategy
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
-            "hlop", "owm", "clser"]
+            "hlop", "owm", "clser",
+            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl"]      # zoo III part 2
 
 
 @pytest.mark.parametrize("name", BUILTINS)

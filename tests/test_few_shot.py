@@ -52,3 +52,29 @@ def test_a_run_with_a_validation_split_and_the_masked_heads(tmp_path):
     assert len(R) == 6 and all(len(r) == 6 for r in R)
     assert result["metrics"]["learning_accuracy"] > 0.5           # 3-way tasks from 4 shots are learnable
     assert len(result["validation_accuracy_matrix"]) == 6
+
+
+def test_options_are_declared_and_checked_at_compose():
+    with pytest.raises(ConfigError, match="'scenario.n_way'"):
+        compose([*DIGITS, "scenario.n_way=1"])
+    with pytest.raises(ConfigError, match="'scenario.k_shot'"):
+        compose([*DIGITS, "scenario.k_shot=two"])
+    with pytest.raises(ConfigError, match="scenario.shots"):
+        compose([*DIGITS, "scenario.shots=3"])
+    with pytest.raises(ConfigError, match="'scenario.n_way': 12 classes per session but the dataset has 10"):
+        stream("scenario.n_way=12")
+
+
+def test_sessions_heads_are_declared_and_a_strategy_reaches_no_evaluation_data(tmp_path):
+    from clbench.engine import execute
+    from clbench.testing import reachable_storages
+    r = prepare(compose([*DIGITS, "strategy=replay", "eval.validation=0.2", f"out={tmp_path}"]))
+    assert r.strategy.info.task_classes == {e.index: e.classes for e in r.stream.experiences}
+    execute(r, None)
+    ds = r.stream.dataset
+    forbidden = {t.untyped_storage().data_ptr(): name for name, t in
+                 (("test x", ds.x_test), ("test y", ds.y_test), ("validation x", ds.x_val),
+                  ("train x (all sessions)", ds.x_train))}
+    found: dict = {}
+    reachable_storages(r.strategy, set(), found)
+    assert not {forbidden[p] for p in found if p in forbidden}

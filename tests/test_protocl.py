@@ -6,15 +6,10 @@ import torch
 
 from clbench.config import compose
 from clbench.engine import prepare
-from clbench.testing import check_strategy
 
 torch.set_num_threads(1)
 TINY = ["benchmark=split-digits", "dataset.train_per_class=30", "dataset.test_per_class=10", "device=cpu",
         "wandb.mode=disabled", "progress=false", "strategy=protocl"]
-
-
-def test_protocl_conforms():
-    check_strategy("protocl", extra=["strategy.memory_size=20"])
 
 
 def test_posterior_is_the_conjugate_update_and_prediction_is_its_log_joint():

@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clbench import schedules
 from clbench.config import ConfigError, compose, config_hash
 from clbench.engine import prepare, run
 from clbench.registry import STRATEGIES
-from clbench.strategy import Strategy
+from clbench.strategy import Strategy, make_optimizer
 from clbench.testing import check_strategy
 
 torch.set_num_threads(1)
@@ -50,7 +51,11 @@ class RecordLR(Strategy):
     """Fine-tuning that records the lr of every step and the weights after it."""
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.lrs, self.weights, self.starts = [], [], []
+        self.lrs, self.weights, self.starts, self.loss_lrs = [], [], [], []
+
+    def loss(self, batch):
+        self.loss_lrs.append(self.optimizer.param_groups[0]["lr"])    # what a look-ahead (HNET) reads
+        return super().loss(batch)
 
     def before_experience(self, exp):
         self.starts.append(self.model.classifier.weight.detach().clone())
@@ -70,8 +75,9 @@ def test_base_loop_follows_the_schedule_and_restarts_before_annealing():
         s.train(exps[0].sealed())
         expected = [0.1 * schedules.infinite_factor(i, n, True, **PAPER) for i in range(n)]
         assert s.lrs == pytest.approx(expected)
+        assert s.loss_lrs == s.lrs                   # loss() already sees the lr its step will use
         n_d = int(0.8 * n)                           # the weights after step N_d are kept ...
-        assert torch.equal(s.schedule_snapshot["classifier.weight"], s.weights[n_d])
+        assert torch.equal(s.schedule_snapshot["model"]["classifier.weight"], s.weights[n_d])
         assert not torch.equal(s.weights[n_d], s.weights[-1])
         s.train(exps[1].sealed())
         # ... and the next experience starts from them, not from the annealed weights (those were evaluated)
@@ -79,6 +85,44 @@ def test_base_loop_follows_the_schedule_and_restarts_before_annealing():
         assert s.lrs[n:] == pytest.approx([0.1 * schedules.infinite_factor(i, n, False, **PAPER) for i in range(n)])
     finally:
         STRATEGIES.unregister("record_lr_test")
+
+
+class OutsideWeight(RecordLR):
+    """Logits scaled by a trained weight kept outside the model, as HNET keeps its hypernetwork."""
+    checkpoint_attrs = ("scale",)
+
+    def __init__(self, *a, **k):
+        self.scale = torch.nn.Parameter(torch.ones(()))        # before the base constructor builds the optimizer
+        super().__init__(*a, **k)
+        self.scales, self.scale_starts = [], []
+
+    def make_optimizer(self):
+        return make_optimizer([*self.model.parameters(), self.scale], self.train_cfg)
+
+    def loss(self, batch):
+        return F.cross_entropy(self.forward(batch.x, batch.t) * self.scale, batch.y)
+
+    def before_experience(self, exp):
+        super().before_experience(exp)
+        self.scale_starts.append(self.scale.detach().clone())
+
+    def after_step(self, batch):
+        super().after_step(batch)
+        self.scales.append(self.scale.detach().clone())
+
+
+def test_the_restart_covers_weights_trained_outside_the_model():
+    STRATEGIES.register("outside_test", OutsideWeight)
+    try:
+        r = prepare(compose([*FAST, "strategy=outside_test", "train.epochs=2", "train.schedule=infinite"]))
+        s, exps = r.strategy, r.stream.experiences
+        s.train(exps[0].sealed())
+        n_d = int(0.8 * 8)
+        assert not torch.equal(s.scales[n_d], s.scales[-1])
+        s.train(exps[1].sealed())
+        assert torch.equal(s.scale_starts[1], s.scales[n_d]) and torch.equal(s.starts[1], s.weights[n_d])
+    finally:
+        STRATEGIES.unregister("outside_test")
 
 
 def test_restart_can_be_turned_off():
@@ -114,6 +158,8 @@ def test_every_strategy_can_use_a_schedule_and_resume_exactly():
     schedule's position and the pre-annealing weights survive state_dict()."""
     check_strategy("replay", settings=["class-il"], extra=["train.schedule=infinite", "train.epochs=2"])
     check_strategy("ewc", settings=["class-il"], extra=["train.schedule=cosine"])
+    # the hypernetwork (outside the model) is what the restart restores; its look-ahead reads the scheduled lr
+    check_strategy("hnet", settings=["task-il"], extra=["train.schedule=infinite", "train.epochs=2"])
 
 
 class Crash(Strategy):
