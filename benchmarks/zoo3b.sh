@@ -2,7 +2,7 @@
 # Evidence for strategy zoo III part 2 (issue 16): every sweep of docs/methods.md "Zoo III (source papers),
 # part 2", in the order they were run. Each stage is one `clbench sweep` of a file in configs/sweep/; the
 # tables come from `clbench report sweeps/zoo3b` (and sweeps/zoo3b-pmnist, sweeps/zoo3b-fewshot).
-#   CLBENCH_DATA=/path/to/datasets bash benchmarks/zoo3b.sh baselines select rfree protocl hnet schedule bvcl fewshot report
+#   CLBENCH_DATA=/path/to/datasets bash benchmarks/zoo3b.sh baselines select rfree rfree-reduced protocl hnet schedule bvcl fewshot report
 set -euo pipefail
 export OMP_NUM_THREADS=1
 for stage in "$@"; do
@@ -16,6 +16,12 @@ for stage in "$@"; do
     rfree)   # the arms with the weights picked on validation (select)
       # shellcheck disable=SC2046
       clbench sweep sweep=zoo3-rehearsal-free $(python benchmarks/zoo3b_select.py sweeps/zoo3b-select --overrides) ;;
+    rfree-reduced)   # the same arms and weights at 1000 training images per class, with their own baselines
+      clbench sweep sweep=zoo3-baselines benchmark=split-mnist dataset.train_per_class=1000 out=sweeps/zoo3b-rfree1000
+      # shellcheck disable=SC2046
+      clbench sweep sweep=zoo3-rehearsal-free dataset.train_per_class=1000 out=sweeps/zoo3b-rfree1000 \
+        $(python benchmarks/zoo3b_select.py sweeps/zoo3b-select --overrides)
+      clbench report sweeps/zoo3b-rfree1000 --no-figures ;;
     protocl) clbench sweep sweep=zoo3-protocl ;;
     hnet) clbench sweep sweep=zoo3-hnet ;;
     schedule) clbench sweep sweep=zoo3-schedule ;;
