@@ -6,11 +6,14 @@ command, so `clbench --help` and `clbench list` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from clbench.errors import UserError
 
-USAGE_ERRORS = (UserError, FileNotFoundError)
+# Errors the user can act on: one line, exit status 2. A disk that is full or read-only counts (OSError).
+USAGE_ERRORS = (UserError, FileNotFoundError, OSError)
 
 
 def cmd_run(args) -> int:
@@ -55,17 +58,19 @@ def cmd_sweep(args) -> int:
     from clbench.sweep import format_report, parse_sweep_args, run_sweep
     res = run_sweep(parse_sweep_args(args.overrides), argv=["sweep", *args.overrides])
     print(format_report(res))
-    return 1 if res.failed else 0
+    if res.stopped:  # the table and counts above say what is done; stderr says why it stopped
+        print(f"clbench: error: sweep stopped early: {res.stopped}", file=sys.stderr)
+    return 1 if res.failed or res.stopped else 0
 
 
 def _add_sweep(sub):
     p = sub.add_parser("sweep", help="run the cartesian product of comma-separated overrides (resumable)",
                        description="Run many experiments: key=a,b,c values are swept (cartesian product); "
                                    "complete runs are skipped on a re-run. Sweep keys: executor=local|ray|submitit "
-                                   "workers=N threads=N name=NAME sweep=FILE ray.num_cpus=1 ray.num_gpus=0 "
+                                   "workers=N name=NAME sweep=FILE ray.num_cpus=1 ray.num_gpus=0 "
                                    "submitit.*. See docs/sweeps.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
-                   help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2")
+                   help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/digits workers=2")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -127,6 +132,8 @@ COMMANDS = [_add_run, _add_list, _add_sweep, _add_report, _add_sync, _add_leader
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clbench", description="clbench: a continual-learning benchmark harness")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: CLBENCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
@@ -134,16 +141,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BUG_REPORT = ("this is a bug in clbench (or in a plugin it ran): please report it with the command, "
+              "and the traceback that `clbench --debug ...` (or CLBENCH_DEBUG=1) prints")
+
+
 def main(argv=None) -> int:
+    """Run one command. Errors end in one line on stderr: `clbench: error: ...` and exit status 2 for
+    anything the user can fix (UserError, a missing file, a disk that is full or read-only); an
+    unexpected error says it is a bug, exit status 1. --debug or CLBENCH_DEBUG=1 adds the traceback."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("CLBENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         return args.func(args)
-    except USAGE_ERRORS as e:
-        print(f"clbench: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("clbench: interrupted; nothing half-written was kept", file=sys.stderr)
+        print("clbench: interrupted; nothing half-written was kept (re-run the same command to resume a sweep)",
+              file=sys.stderr)
         return 130
+    except BaseException as e:  # SystemExit (argparse inside a command) passes through unchanged
+        if isinstance(e, SystemExit):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"clbench: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, USAGE_ERRORS) else 1
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, UserError) and not isinstance(e, FileNotFoundError):
+        from clbench.results import storage_error
+        e = storage_error(e, e.filename) if e.filename else e
+    if isinstance(e, USAGE_ERRORS):
+        text = str(e)
+    else:
+        text = f"internal error: {type(e).__name__}: {e}"
+    # one line: a message that lists several problems keeps them all, separated by "; "
+    first = "; ".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip()) or type(e).__name__
+    if isinstance(e, USAGE_ERRORS):
+        return f"error: {first}"
+    return f"{first} -- {BUG_REPORT}"
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from clbench.evaluator import AnytimeEvaluator, Evaluator, load_reference
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
 from clbench.registry import SCENARIOS, STRATEGIES
-from clbench.results import SCHEMA_VERSION, RunDir, environment, make_run_id, write_json_atomic
+from clbench.reproducibility import apply_threads
+from clbench.results import SCHEMA_VERSION, RunDir, check_out_dir, environment, make_run_id, write_json_atomic
 from clbench.strategy import Strategy, StreamInfo
 from clbench.stream import Stream
 
@@ -111,6 +112,7 @@ class Run:
 
 def prepare(cfg: dict) -> Run:
     """Build everything for a run; raises ConfigError/UnknownNameError before anything is written."""
+    apply_threads(cfg)  # [issue 13: the thread count is part of the protocol; set before anything is built]
     device = resolve_device(str(cfg["device"]))
     seed_everything(int(cfg["seed"]), bool(cfg.get("deterministic", False)))
     h = config_hash(cfg)
@@ -234,6 +236,7 @@ def run(cfg_or_overrides=None, loggers: Optional[list[Logger]] = None, overwrite
     `cfg_or_overrides`: a resolved config dict, or a list of `key=value` overrides.
     """
     cfg = cfg_or_overrides if isinstance(cfg_or_overrides, dict) else compose(cfg_or_overrides or [])
+    check_out_dir(cfg["out"])  # [issue 13: a bad out= fails before anything is built or written]
     r = prepare(cfg)
     run_id = r.run_id
     if not overwrite:  # a repeated `clbench run` gets a fresh folder; sweeps pass overwrite and skip instead

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from clbench.config import ConfigError
+from clbench.errors import TrainingDiverged
 from clbench.registry import did_you_mean
 from clbench.strategy import Strategy
 from clbench.stream import Experience
@@ -131,13 +132,29 @@ def _progress_plugin(bridge: "AvalancheBridge"):
     from avalanche.core import SupervisedPlugin
 
     class Progress(SupervisedPlugin):
-        """Forwards each training iteration's loss to clbench's loggers (progress bar, W&B)."""
+        """Forwards each training iteration's loss to clbench's loggers (progress bar, W&B), and stops the
+        run on a non-finite loss or weights, as the native training loop does."""
+
+        def before_update(self, strategy, **kwargs):  # [issue 13: divergence stops the run, before the step]
+            if not bool(torch.isfinite(strategy.loss.detach()).all()):
+                raise _diverged(bridge, f"a non-finite training loss ({float(strategy.loss.detach().sum())})")
+
+        def after_training_epoch(self, strategy, **kwargs):
+            bad = [n for n, p in strategy.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+            if bad:  # e.g. an update that overflowed while the loss was still finite
+                raise _diverged(bridge, f"non-finite weights ({', '.join(bad[:3])})")
 
         def after_training_iteration(self, strategy, **kwargs):
             if bridge.step_callback is not None:
                 bridge.step_callback(bridge, strategy.loss.detach())
 
     return Progress()
+
+
+def _diverged(bridge: "AvalancheBridge", what: str) -> TrainingDiverged:
+    exp = bridge.experience.index if bridge.experience is not None else "?"
+    return TrainingDiverged(f"strategy avalanche:{bridge.av_name} produced {what} in experience {exp}; the run is "
+                            f"stopped (lower train.lr or the strategy's regularisation weight)")
 
 
 def _task_masked(model: torch.nn.Module, class_mask: torch.Tensor):
@@ -230,6 +247,8 @@ class AvalancheBridge(Strategy):
             warnings.simplefilter("ignore")
             try:
                 self.av.train(av_exp, eval_streams=[])
+            except TrainingDiverged:
+                raise
             except Exception as e:  # name the combination; keep Avalanche's traceback
                 raise RuntimeError(f"avalanche:{self.av_name} failed on experience {exp.index} of a "
                                    f"{self.info.setting} stream: {type(e).__name__}: {e}") from e
