@@ -157,28 +157,22 @@ def main(argv=None) -> int:
         print("clbench: interrupted; nothing half-written was kept (re-run the same command to resume a sweep)",
               file=sys.stderr)
         return 130
-    except BaseException as e:  # SystemExit (argparse inside a command) passes through unchanged
-        if isinstance(e, SystemExit):
-            raise
+    except Exception as e:
         if debug:
             traceback.print_exc()
         print(f"clbench: {_one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, USAGE_ERRORS) else 1
 
 
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and not isinstance(e, UserError) and not isinstance(e, FileNotFoundError):
-        from clbench.results import storage_error
-        e = storage_error(e, e.filename) if e.filename else e
-    if isinstance(e, USAGE_ERRORS):
-        text = str(e)
+def _one_line(e: Exception) -> str:
+    """The line printed for an error; a message listing several problems keeps them all, joined by "; "."""
+    user = isinstance(e, USAGE_ERRORS)
+    if isinstance(e, OSError) and not isinstance(e, UserError) and e.filename:
+        text = f"{e.strerror or type(e).__name__}: {e.filename}"   # from the OS: say which file
     else:
-        text = f"internal error: {type(e).__name__}: {e}"
-    # one line: a message that lists several problems keeps them all, separated by "; "
-    first = "; ".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip()) or type(e).__name__
-    if isinstance(e, USAGE_ERRORS):
-        return f"error: {first}"
-    return f"{first} -- {BUG_REPORT}"
+        text = str(e) if user else f"internal error: {type(e).__name__}: {e}"
+    text = "; ".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip()) or type(e).__name__
+    return f"error: {text}" if user else f"{text} -- {BUG_REPORT}"
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ BAD_INPUTS = {
     "sweep file alias bomb": (
         lambda t, r: ["sweep", f"sweep={_write(t / 'bomb.yaml', BOMB)}", f"out={t}/s"], r"bomb\.yaml.*too (large|deep)"),
     "sweep name too long": (lambda t, r: ["sweep", *FAST, "name=" + "n" * 300, f"out={t}/s"], r"'name'"),
+    "out= folder name over 255 bytes": (lambda t, r: ["run", *FAST, f"out={t}/{'o' * 300}"], r"'out'.*longer than 255"),
     "corrupt sweep.json in out": (
         lambda t, r: ["sweep", *FAST, f"out={_write(t / 's' / 'sweep.json', '{not json').parent}"],
         r"sweep\.json.*(cannot|not)"),
@@ -281,8 +282,20 @@ def tiny_fs(tmp_path):
 
 def test_real_full_filesystem(tiny_fs, capsys):
     out = tiny_fs / "runs"
-    one_error_line(capsys, main(["run", *FAST, f"out={out}"]), r"no space left on device")
+    one_error_line(capsys, main(["run", *FAST, f"out={out}"]), r"(?i)no space left on device")
     assert not published(out) and not leftovers(tiny_fs)
+
+
+def test_unwritable_wandb_folders_do_not_fail_the_run(tmp_path, monkeypatch, capsys):
+    """W&B is a sink: when it cannot write its own folders the run still completes and says so."""
+    blocker = _write(tmp_path / "not-a-folder", "x")
+    for var in ("WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(blocker))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="continuing without W&B"):
+        rc = main(["run", "benchmark=split-digits", "train.epochs=1", "progress=false", "wandb.mode=offline",
+                   f"out={out}"])
+    assert rc == 0 and len(published(out)) == 1
 
 
 # --------------------------------------------------------------------------- the sweep lock, for real
