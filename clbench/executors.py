@@ -56,17 +56,9 @@ class Outcome:
     worker: Optional[str] = None     # host:pid and torch threads, for the manifest
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def execute_task(task: Task, threads: Optional[int] = None, return_result: bool = False) -> Outcome:
+def execute_task(task: Task, return_result: bool = False) -> Outcome:
     """Run one experiment; never raises for a failing run (the error comes back in the Outcome).
-
-    `threads` is accepted for pickles of older sweeps and ignored: the run's config sets the threads."""
+    The run's own config sets its thread count (`threads`)."""
     import socket
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.perf_counter()
@@ -202,6 +194,9 @@ class LocalExecutor(Executor):
                 except BrokenProcessPool:  # a worker died (segfault, out-of-memory killer, kill -9)
                     broken.append(t)
                     continue
+                except Exception as e:     # e.g. the outcome could not be sent back
+                    outcome = Outcome(t.run_id, "failed", error=f"{type(e).__name__}: {e}",
+                                      traceback=traceback.format_exc())
                 finished.add(t.run_id)
                 yield outcome
             if broken:
@@ -320,7 +315,7 @@ class RayExecutor(Executor):
         started = self._init()
         try:
             fn = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(execute_task)
-            refs = {fn.remote(t, None, True): t for t in tasks}
+            refs = {fn.remote(t, True): t for t in tasks}
             pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -343,8 +338,8 @@ class SubmititRun:
     `clbench.engine.run` on the same config and folder, so it continues the unfinished run where the
     engine can resume one and otherwise starts it over; a finished run is never lost."""
 
-    def __call__(self, task: Task, threads: Optional[int] = None, return_result: bool = True) -> Outcome:
-        return execute_task(task, threads, return_result)
+    def __call__(self, task: Task) -> Outcome:
+        return execute_task(task, return_result=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
@@ -392,8 +387,7 @@ class SubmititExecutor(Executor):
         if self.fallback:
             yield from self.fallback.run(tasks)
             return
-        n = len(tasks)
-        self.jobs = self.executor.map_array(SubmititRun(), tasks, [None] * n, [True] * n)
+        self.jobs = self.executor.map_array(SubmititRun(), tasks)
         pending = dict(zip(self.jobs, tasks))
         while pending:
             finished = [j for j in pending if j.done()]

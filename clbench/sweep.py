@@ -214,10 +214,7 @@ def _read_yaml_bounded(path: Path) -> Any:
         raise ConfigError(f"sweep file {path} is too large ({path.stat().st_size} bytes; at most "
                           f"{SWEEP_FILE_MAX_BYTES})")
     try:
-        text = path.read_text(encoding="utf-8")
-        if "\x00" in text:
-            raise UnicodeDecodeError("utf-8", b"\x00", 0, 1, "a NUL byte: a binary file")
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"sweep file {path} is not a UTF-8 text file ({e.reason})") from None
     except yaml.YAMLError as e:

@@ -389,6 +389,7 @@ def _kill_all(pids) -> None:
             pass
 
 
+@pytest.mark.slow   # real processes: a sweep, its workers, their imports (~10-40 s)
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 def test_sigkill_of_the_sweep_kills_its_workers(tmp_path):
     out = tmp_path / "s"
@@ -427,6 +428,7 @@ def test_parent_watchdog_fallback(tmp_path):
         _kill_all([p.pid, child_pid])
 
 
+@pytest.mark.slow   # real processes: a sweep, its workers, their imports (~10-40 s)
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 def test_ctrl_c_during_a_sweep(tmp_path):
     out = tmp_path / "s"
@@ -461,6 +463,7 @@ class Segv(Naive):
 '''
 
 
+@pytest.mark.slow   # real processes: a sweep, its workers, their imports (~10-40 s)
 def test_a_segfaulting_worker_fails_only_its_run(tmp_path):
     """A worker killed by a signal breaks the whole process pool; the other runs must still finish."""
     site = tmp_path / "site"
@@ -481,6 +484,7 @@ def test_a_segfaulting_worker_fails_only_its_run(tmp_path):
     assert len(published(out)) == 1
 
 
+@pytest.mark.slow   # real processes: a sweep, its workers, their imports (~10-40 s)
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 def test_submitit_requeues_a_preempted_run(tmp_path):
     """SLURM signals a job (USR2) before its time runs out or it is preempted: the run is requeued as the

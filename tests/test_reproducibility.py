@@ -30,7 +30,7 @@ def two_default_threads():
 def test_plain_run_and_sweep_cell_agree(tmp_path, two_default_threads):
     assert main(["run", *FAST, "seed=1", f"out={tmp_path / 'plain'}"]) == 0
     (plain_dir,) = [p.parent for p in (tmp_path / "plain").glob("*/result.json")]
-    assert main(["sweep", *FAST, "seed=0,1", "workers=2", f"out={tmp_path / 'sweep'}"]) == 0
+    assert main(["sweep", *FAST, "seed=0,1", f"out={tmp_path / 'sweep'}"]) == 0   # pool workers: test_sweep.py
     plain, cell = load_result(plain_dir), load_result(tmp_path / "sweep" / plain_dir.name)
     assert plain["run_id"] == cell["run_id"] and plain["config"]["threads"] == 1
     assert plain["env"]["threads"] == cell["env"]["threads"] == 1
