@@ -1,7 +1,7 @@
 """Does the torch thread count change a run's numbers? Same config, same seeds, separate processes.
 
-    python benchmarks/threads_repro.py                     # full split-MNIST, replay, 1 epoch, seed 3
-    python benchmarks/threads_repro.py --config benchmark=split-digits
+    python benchmarks/threads_repro.py --data-root /path/to/datasets   # full split-MNIST, replay, 1 epoch, seed 3
+    python benchmarks/threads_repro.py --config benchmark=split-digits seed=3
 
 For the config given, runs `clbench run` in fresh processes with threads=1, threads=2 and threads=1
 again, and compares the accuracy matrices: bit-identical or not, and the largest difference. The
