@@ -99,11 +99,7 @@ def _per_seed(rs: list[dict], name: str) -> list:
     by_seed: dict[tuple, list] = {}
     for r in rs:
         by_seed.setdefault(_seed(r), []).append(r["metrics"].get(name))
-    out = []
-    for values in by_seed.values():
-        vals = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(float(v))]
-        out.append(sum(vals) / len(vals) if vals else None)
-    return out
+    return [_stats(values)["mean"] for values in by_seed.values()]
 
 
 def _short(key: str) -> str:
