@@ -124,6 +124,17 @@ def _pool_task(task: Task) -> Outcome:
     return execute_task(task)
 
 
+def _drain(started, running: dict, timeout: float = 0.0) -> None:
+    """Read the (pid, run id) messages of runs that started into `running` (the last run per pid)."""
+    import queue
+    while True:
+        try:
+            pid, run_id = started.get(timeout=timeout) if timeout else started.get_nowait()
+        except (queue.Empty, OSError, EOFError, ValueError):
+            return
+        running[pid] = run_id
+
+
 def _signal_name(exitcode: Optional[int]) -> str:
     import signal
     if exitcode is not None and exitcode < 0:
@@ -178,16 +189,18 @@ class LocalExecutor(Executor):
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
         ctx = mp.get_context("spawn")
-        started = ctx.Queue()
+        started = ctx.Queue()   # (worker pid, run id) as each run starts: who ran what, if a worker dies
         pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
                                    initargs=(os.getpid(), started))
+        running: dict[int, str] = {}   # worker pid -> the run it started last
+        finished: set[str] = set()
+        broken: list[Task] = []
         retry: list[Task] = []
         try:
             futures = {pool.submit(_pool_task, t): t for t in tasks}
             procs = list(getattr(pool, "_processes", {}).values())   # to read exit codes after a crash
-            finished: set[str] = set()
-            broken: list[Task] = []
             for fut in as_completed(futures):
+                _drain(started, running)  # read as we go: a full pipe would block the workers' exit
                 t = futures[fut]
                 try:
                     outcome = fut.result()
@@ -200,7 +213,8 @@ class LocalExecutor(Executor):
                 finished.add(t.run_id)
                 yield outcome
             if broken:
-                yield from self._after_crash(broken, procs, started, finished, retry)
+                _drain(started, running, timeout=0.5)
+                yield from self._after_crash(broken, procs, running, finished, retry)
         except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C, or the sweep stopped early (e.g. disk full)
             self._interrupt(pool)
             raise
@@ -209,25 +223,17 @@ class LocalExecutor(Executor):
             started.close()
         return retry
 
-    def _after_crash(self, broken, procs, started, finished, retry) -> Iterator[Outcome]:
+    def _after_crash(self, broken, procs, running, finished, retry) -> Iterator[Outcome]:
         """Fail the run(s) whose worker died by itself; the others (killed with the broken pool, or never
         started) go to a fresh pool. At least one run fails per broken pool, so this ends."""
-        import queue
         import signal
-        running: dict[int, str] = {}   # worker pid -> the run it started last and did not finish
-        while True:
-            try:
-                pid, run_id = started.get(timeout=0.5)
-            except (queue.Empty, OSError, EOFError):
-                break
-            if run_id not in finished:
-                running[pid] = run_id
         for p in procs:
             p.join(timeout=5)
+        in_flight = {pid: rid for pid, rid in running.items() if rid not in finished}
         died = {p.pid: p.exitcode for p in procs if p.exitcode not in (None, 0, -int(signal.SIGTERM))}
-        culprits = {running[pid]: code for pid, code in died.items() if pid in running}
+        culprits = {in_flight[pid]: code for pid, code in died.items() if pid in in_flight}
         if not culprits:   # cannot tell which: every run in flight is a suspect
-            culprits = {rid: None for rid in running.values()}
+            culprits = {rid: None for rid in in_flight.values()}
         if not culprits:   # no run had started: the workers themselves cannot start
             culprits = {t.run_id: next(iter(died.values()), None) for t in broken}
         for t in broken:
