@@ -113,7 +113,11 @@ _STARTED = None   # in a pool worker: a queue telling the sweep which run this p
 
 
 def _init_worker(parent_pid: int, started) -> None:
+    import signal
     global _STARTED
+    # Ctrl-C in a terminal reaches the whole process group; the sweep decides and ends its workers with
+    # SIGTERM (one signal, one way to stop), so a worker never dies half-way through handling a second one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
     _STARTED = started
     import clbench.engine  # noqa: F401  (import once per worker, outside the runs' timings)
@@ -248,16 +252,12 @@ class LocalExecutor(Executor):
                                     f"killed by the OS or crashed in native code)")
 
     def _interrupt(self, pool) -> None:
-        """Ctrl-C: workers got SIGINT from the terminal too (a SIGINT sent to the sweep alone reaches them
-        here); give their runs a moment to stop cleanly, then end them."""
-        import signal
+        """Ctrl-C (or the sweep stopping early): SIGTERM to every worker (they ignore SIGINT), a moment for
+        their runs to stop cleanly, then SIGKILL for any still alive."""
         procs = list(getattr(pool, "_processes", {}).values())
         for p in procs:
             if p.is_alive():
-                try:
-                    os.kill(p.pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+                p.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + self.INTERRUPT_GRACE_S
         for p in procs:
