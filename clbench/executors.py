@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from clbench.config import ConfigError
-from clbench.errors import bad_value
+from clbench.errors import RunInterrupted, bad_value
 from clbench.registry import did_you_mean
 
 EXECUTORS = ("local", "ray", "submitit")
@@ -48,13 +48,14 @@ class Task:
 @dataclass
 class Outcome:
     run_id: str
-    status: str                      # "done" or "failed"
+    status: str                      # "done", "failed", or "interrupted" (SIGTERM/SIGINT: checkpoint kept)
     seconds: float = 0.0
     error: Optional[str] = None      # one line: "ExceptionType: message"
     traceback: Optional[str] = None
     path: Optional[str] = None       # the published run folder (on the machine that ran it)
     result: Optional[dict] = None    # the result itself, from executors that may run elsewhere
     worker: Optional[str] = None     # host:pid and torch threads, for the manifest
+    signum: Optional[int] = None     # the signal that interrupted the run
 
 
 def execute_task(task: Task, return_result: bool = False) -> Outcome:
@@ -71,6 +72,9 @@ def execute_task(task: Task, return_result: bool = False) -> Outcome:
         return Outcome(task.run_id, "done", time.perf_counter() - t0, path=str(path),
                        result=result if return_result else None,
                        worker=f"{worker} threads={result['env'].get('threads')}")
+    except RunInterrupted as e:  # preempted: the run kept its checkpoint; the sweep stops instead of failing it
+        return Outcome(task.run_id, "interrupted", time.perf_counter() - t0, error=str(e), worker=worker,
+                       signum=e.signum)
     except Exception as e:
         return Outcome(task.run_id, "failed", time.perf_counter() - t0,
                        error=f"{type(e).__name__}: {e}".splitlines()[0][:500],

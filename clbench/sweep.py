@@ -38,7 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
-from clbench.errors import StorageError, bad_value
+from clbench.errors import RunInterrupted, StorageError, bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.reproducibility import check_threads
 from clbench.results import (RunDir, check_out_dir, is_complete, load_result, make_run_id, storage_error,
@@ -431,9 +431,10 @@ def _manifest(spec: SweepSpec, runs: list[PlannedRun], status: dict, started: fl
 
 
 def _clean_stale(out: Path, run_id: str) -> None:
-    """A `.partial` folder of a run that is not running is what a crash left behind."""
+    """A `.partial` folder of a run that is not running is what a crash or a preemption left behind: one
+    holding a checkpoint is kept (the run resumes from it, see RunDir), anything else is removed."""
     stale = out / f".{run_id}.partial"
-    if stale.exists():
+    if stale.exists() and not (stale / RunDir.CHECKPOINT).is_file():
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -619,6 +620,9 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
                 entry["seconds"] = round(o.seconds, 3)
                 if o.worker:
                     entry["worker"] = o.worker
+                if o.status == "interrupted":   # SIGTERM/SIGINT reached the run: stop the sweep; a re-run resumes
+                    entry["status"] = "interrupted"
+                    raise RunInterrupted(o.signum, f"during run {o.run_id} of sweep '{spec.name}'", out)
                 try:
                     if o.status == "done" and o.result is not None and not is_complete(out / o.run_id):
                         _publish_here(out, o.run_id, o.result)
@@ -641,7 +645,7 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
                     if entry["status"] == "pending":
                         entry.update(status="failed", error=str(stopped))
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunInterrupted):
             for entry in status.values():
                 if entry["status"] == "pending":
                     entry["status"] = "interrupted"
