@@ -10,11 +10,11 @@ for stage in "$@"; do
   case "$stage" in
     baselines) clbench sweep sweep=zoo3-baselines ;;
     select)
-      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,l2]" strategy.l2=1e-4,1e-3,1e-2 \
+      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,l2]" strategy.l2=1e-4,1e-3,1e-2,0.1,1 \
         out=sweeps/zoo3b-select/l2
-      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,ewc]" strategy.ewc=1,10,100 \
+      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,ewc]" strategy.ewc=0.01,0.1,1,10,100 \
         out=sweeps/zoo3b-select/ewc
-      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,feat_kd]" strategy.feat_kd=0.1,1,10 \
+      clbench sweep sweep=zoo3-rehearsal-free-select "strategy.terms=[pred_kd,feat_kd]" strategy.feat_kd=0.001,0.01,0.1,1,10 \
         out=sweeps/zoo3b-select/feat_kd
       python benchmarks/zoo3b_select.py sweeps/zoo3b-select ;;
     rfree)   # the arms with the weights picked on validation (select)
