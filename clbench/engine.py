@@ -187,20 +187,19 @@ def execute(run: Run, run_dir: Path) -> dict:
             lg.experience_end(run, exp)
             lg.log_row(run, exp.index, row)
 
-    learned = stream.learned_rows()
     reference = run.reference
-    metrics = M.compute_all(rows, initial.acc, learned, reference=reference and reference["accuracy"],
-                            task_sizes=initial.n)
-    if stream.setting == "class-il":
-        metrics["acc_task_masked"] = M.acc(rows_masked, learned)  # task-IL accuracy of the same model
     extra = {}
     if anytime is not None:  # anytime evaluation ran inside training: count it as evaluation time
         extra["anytime"] = anytime.result()
-        metrics["anytime_acc_auc"] = extra["anytime"]["auc"]
         train_s -= anytime.eval_s
         eval_s += anytime.eval_s
     if reference is not None:
         extra["reference"] = reference
+    # --- metrics: the one function report and the leaderboard use too (board branch) ---
+    metrics = M.summarize(rows, initial.acc, stream.learned_rows(), setting=stream.setting, task_sizes=initial.n,
+                          task_masked=rows_masked, reference=reference and reference["accuracy"],
+                          anytime_acc_seen=extra["anytime"]["acc_seen"] if anytime is not None else None)
+    # --- end of metrics ---
     total_s = time.perf_counter() - t_start
     memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if run.device.type == "cuda":

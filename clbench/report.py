@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
-from clbench.metrics import direction
-from clbench.results import find_results
+from clbench.errors import ResultFileError
+from clbench.escape import markdown_cell
+from clbench.metrics import direction, mean_std
+from clbench.results import find_results, load_result
 
 # Shown in the printed table when present (all metrics go to the CSV).
 TABLE_METRICS = ("acc", "forgetting", "bwt", "fwt", "learning_accuracy", "forgetting_first", "acc_task_masked",
@@ -34,17 +35,14 @@ CHART_METRICS = ("acc", "forgetting", "bwt", "learning_accuracy", "fwt", "acc_ta
 
 # ----- finding and loading runs ----------------------------------------------------------------------
 def load_results(path) -> list[dict]:
-    """The results under PATH; files that are not clbench results are skipped with a note on stderr."""
-    from clbench.results import load_result
+    """The results under PATH, each checked against the result schema (clbench.schema); a damaged or
+    foreign file is skipped with a one-line warning on stderr."""
     out = []
     for p in find_results(path):
         try:
             r = load_result(p)
-        except (OSError, ValueError) as e:
-            print(f"clbench report: skipping {p} ({type(e).__name__}: {e})", file=sys.stderr)
-            continue
-        if "accuracy_matrix" not in r or "metrics" not in r:
-            print(f"clbench report: skipping {p} (not a clbench result.json)", file=sys.stderr)
+        except ResultFileError as e:
+            print(f"clbench report: skipping {e}", file=sys.stderr)
             continue
         r["_path"] = str(p.parent)
         out.append(r)
@@ -71,15 +69,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _semantic(cfg: dict) -> dict:
     return _flatten({k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS and k not in SEED_KEYS})
-
-
-def _stats(values: list[float]) -> dict:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return {"mean": mean, "std": std, "n": len(vals)}
 
 
 def _short(key: str) -> str:
@@ -123,7 +112,7 @@ def aggregate(results: list[dict]) -> list[dict]:
             "seeds": sorted(r.get("seed") for r in rs),
             "run_ids": [r.get("run_id") for r in rs],
             "config_diff": diff,
-            "metrics": {n: _stats([r["metrics"].get(n) for r in rs]) for n in names},
+            "metrics": {n: mean_std([r["metrics"].get(n) for r in rs]) for n in names},
         })
     rows.sort(key=lambda row: (row["benchmark"], -(row["metrics"].get("acc", {}).get("mean") or 0.0), row["label"]))
     return rows
@@ -171,7 +160,7 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
     body = [[r["benchmark"], r["label"], str(r["n"])] + [_pm(r["metrics"].get(n)) for n in names] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        lines += ["| " + " | ".join(markdown_cell(c, 1000) for c in row) + " |" for row in body]
         lines.append("")
         lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1). "
                      "(+) higher is better, (-) lower is better; definitions in docs/metrics.md.")

@@ -17,9 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-SCHEMA_VERSION = 1
-REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "seed", "stream", "accuracy_matrix",
-                 "initial_accuracy", "metrics", "timing", "env")
+from clbench.errors import ResultFileError
+from clbench.schema import RESULT_VERSION as SCHEMA_VERSION  # noqa: F401  (the engine writes it)
+from clbench.schema import load_result as _load_checked
+from clbench.schema import schema as _schema
+
+REQUIRED_KEYS = tuple(_schema("result")["required"])   # the schema (clbench/schemas/result.json) decides
 
 
 def write_text_atomic(path, text: str) -> Path:
@@ -40,6 +43,22 @@ def write_text_atomic(path, text: str) -> Path:
     return path
 
 
+def ensure_writable_dir(path, key: str) -> Path:
+    """Create the folder `path` if needed and check that a file can be written in it, so a command fails
+    with one line naming the option `key` before doing any work (a read-only or misplaced output folder)."""
+    from clbench.errors import bad_value
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise bad_value(key, f"{path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise bad_value(key, f"cannot write into {path} ({e.strerror or e})") from None
+    return path
+
+
 def write_json_atomic(path, data: dict) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
@@ -53,12 +72,10 @@ def _json_default(o):
 
 
 def load_result(path) -> dict:
-    """A run's result.json (give the file or its run folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "result.json"
-    with open(path) as f:
-        return json.load(f)
+    """A run's result.json (give the file or its run folder), read with size and depth limits, migrated to
+    the current schema version and checked against the schema, its config hash and R (clbench.schema).
+    Raises ResultFileError (one line naming the file and the problem) for anything else."""
+    return _load_checked(path)
 
 
 def find_results(path) -> list[Path]:
@@ -79,12 +96,16 @@ def find_results(path) -> list[Path]:
 
 
 def is_complete(run_dir) -> bool:
-    """True when the folder holds a result.json with every required key."""
-    try:
-        r = load_result(run_dir)
-    except (OSError, ValueError):
+    """True when the folder holds a sound result.json (see load_result); a damaged one is not complete."""
+    path = Path(run_dir) / "result.json"
+    if not path.exists():
         return False
-    return all(k in r for k in REQUIRED_KEYS)
+    try:
+        load_result(path)
+    except ResultFileError as e:
+        print(f"clbench: warning: {e}; the run counts as not finished", file=sys.stderr)
+        return False
+    return True
 
 
 def make_run_id(cfg: dict, cfg_hash: str) -> str:
