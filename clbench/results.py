@@ -161,6 +161,7 @@ def environment(device) -> dict:
         "device": str(device),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),   # SIMD kernels used: AVX2, AVX512, ...
         "git_commit": git_commit(),
         "argv": sys.argv[1:],
     }

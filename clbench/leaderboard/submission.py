@@ -10,6 +10,10 @@ Which fields must agree across seeds: every key of the resolved config except `s
 with those two keys removed, so keys that do not change results (out, device, progress, data, wandb)
 are ignored as in result.json. Each seed record keeps the run's own `run_config_hash` (the hash in its
 result.json), which validation recomputes from the seed-free config plus that record's seeds.
+
+The file format is the JSON Schema clbench/schemas/submission.json (clbench.schema); every file is read
+with its size and depth limits. The board holds one entry per configuration: `save_submission` refuses a
+config_hash that is already there.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ import copy
 import datetime as _dt
 import hashlib
 import inspect
-import json
 import math
 import os
 import re
@@ -25,14 +28,19 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Optional
 
-from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, config_hash, group_hash,
+from clbench import metrics as M
+from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, group_hash,
                             load_benchmark)
+from clbench.errors import SubmissionError
 from clbench.registry import STRATEGIES, UnknownNameError
-from clbench.results import REQUIRED_KEYS, load_result, write_json_atomic
+from clbench.results import ensure_writable_dir, load_result, write_json_atomic
 from clbench.results import find_results as find_run_results
+from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, read_json, schema
 
-SUBMISSION_SCHEMA = 1
+SUBMISSION_SCHEMA = SUBMISSION_VERSION
 MIN_SEEDS = 3
+# The display name of a method: what the schema allows (letters, digits, space and _ . : + ( ) -).
+NAME_PATTERN = re.compile(schema("submission")["properties"]["method"]["properties"]["name"]["pattern"])
 
 
 # ----- hashes ---------------------------------------------------------------------------------------
@@ -54,9 +62,14 @@ def run_config(config: dict, seed: int, stream_seed: int) -> dict:
     return {**copy.deepcopy(config), "seed": int(seed), "stream_seed": int(stream_seed)}
 
 
-# What the metrics are computed from (optional ones only where the run has them).
+# What the metrics are computed from, and the other measured matrices a re-run must reproduce (optional
+# ones only where the run has them). The digest binds them all to the run's config hash.
 METRIC_INPUTS = ("accuracy_matrix", "initial_accuracy", "learned_at", "task_sizes", "task_masked_accuracy_matrix",
-                 "reference_accuracy", "anytime_acc_seen")
+                 "reference_accuracy", "anytime_acc_seen", "validation_accuracy_matrix",
+                 "initial_validation_accuracy", "extra_models")
+# Measured (not derived from the config): compared entry by entry by `verify`.
+MEASURED = ("accuracy_matrix", "initial_accuracy", "task_masked_accuracy_matrix", "anytime_acc_seen",
+            "validation_accuracy_matrix", "initial_validation_accuracy", "extra_models")
 
 
 def result_digest(run: dict) -> str:
@@ -66,8 +79,8 @@ def result_digest(run: dict) -> str:
 
 
 def submission_digest(sub: dict) -> str:
-    """sha256 of the submission without its verification records (a verification names the content it checked)."""
-    return sha256({k: v for k, v in sub.items() if k != "verifications"})
+    """sha256 of the canonical submission content: a verification record names the content it re-ran."""
+    return sha256(sub)
 
 
 # ----- the method: plugin package, version, source hashes -------------------------------------------
@@ -112,8 +125,16 @@ def plugin_package(name: str) -> dict:
             "entry_point": f"{cls.__module__}:{cls.__qualname__}"}
 
 
+def check_display_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SubmissionError(f"bad method name {name!r}: use 1-64 characters from letters, digits, space and "
+                              f"_ . : + ( ) -, starting with a letter or digit (docs/leaderboard.md)")
+    return name
+
+
 def method_record(cfg: dict, display_name: Optional[str]) -> dict:
     strategy = cfg["strategy"]["name"]
+    check_display_name(display_name or strategy)
     sources = strategy_sources(strategy)
     return {"name": display_name or strategy, "strategy": strategy,
             "hyperparameters": {k: v for k, v in cfg["strategy"].items() if k != "name"},
@@ -121,19 +142,17 @@ def method_record(cfg: dict, display_name: Optional[str]) -> dict:
 
 
 # ----- statistics -------------------------------------------------------------------------------------
-def mean_std(values: list) -> dict:
-    """Mean and sample standard deviation (ddof=1) over seeds; None where a metric is undefined."""
-    n = len(values)
-    if n == 0 or any(v is None for v in values):
-        return {"mean": None, "std": None, "n": n}
-    m = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": m, "std": std, "n": n}
-
-
 def summarize(runs: list[dict]) -> dict:
-    names = [k for k, v in runs[0]["metrics"].items() if v is None or isinstance(v, (int, float))]
-    return {k: mean_std([r["metrics"].get(k) for r in runs]) for k in names}
+    """The submission's `summary`: mean, std and n over the seeds of every claimed metric."""
+    names = list(runs[0]["metrics"])
+    return {k: M.mean_std([r["metrics"].get(k) for r in runs]) for k in names}
+
+
+def seed_metrics(run: dict, setting: str) -> dict:
+    """Every metric clbench derives from a seed record's stored inputs (clbench.metrics.summarize)."""
+    return M.summarize(run["accuracy_matrix"], run["initial_accuracy"], run["learned_at"], setting=setting,
+                       task_sizes=run.get("task_sizes"), task_masked=run.get("task_masked_accuracy_matrix"),
+                       reference=run.get("reference_accuracy"), anytime_acc_seen=run.get("anytime_acc_seen"))
 
 
 # ----- collecting runs --------------------------------------------------------------------------------
@@ -148,12 +167,7 @@ def find_results(paths: Iterable) -> list[Path]:
 def _load_runs(files: list[Path]) -> list[dict]:
     runs = []
     for f in files:
-        r = load_result(f)
-        missing = [k for k in REQUIRED_KEYS if k not in r]
-        if missing:
-            raise ConfigError(f"{f} is not a complete result.json (missing: {', '.join(missing)})")
-        if config_hash(r["config"]) != r["config_hash"]:
-            raise ConfigError(f"{f}: its config_hash does not match its config (the file was edited after the run)")
+        r = load_result(f)   # schema, config hash and metrics checked; ResultFileError names the file
         r["_path"] = str(f)
         runs.append(r)
     return runs
@@ -179,36 +193,42 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _slug(text: str) -> str:
+def method_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower() or "method"
 
 
-def seed_record(r: dict) -> dict:
+def seed_inputs(r: dict) -> dict:
+    """What a seed record keeps of a (checked) result.json: the metric inputs and the measured matrices."""
     rec = {
-        "seed": int(r["seed"]),
-        "stream_seed": int(r.get("stream_seed", r["config"]["stream_seed"])),
-        "run_id": r["run_id"],
-        "run_config_hash": r["config_hash"],
         "accuracy_matrix": r["accuracy_matrix"],
         "initial_accuracy": r["initial_accuracy"],
-        "learned_at": r["stream"].get("learned_at", list(range(len(r["initial_accuracy"])))),
+        "learned_at": r["stream"]["learned_at"],
         # test samples per evaluation task: sample-weighted metrics (avg_incremental_acc) need them
-        "task_sizes": [int(t["n_test"]) for t in r["stream"].get("eval_tasks", [])] or None,
+        "task_sizes": [int(t["n_test"]) for t in r["stream"]["eval_tasks"] if t.get("n_test")] or None,
         "task_masked_accuracy_matrix": r.get("task_masked_accuracy_matrix"),
+        "validation_accuracy_matrix": r.get("validation_accuracy_matrix"),
+        "initial_validation_accuracy": r.get("initial_validation_accuracy"),
         "reference_accuracy": (r.get("reference") or {}).get("accuracy"),    # a* for intransigence
         "anytime_acc_seen": (r.get("anytime") or {}).get("acc_seen"),        # curve for anytime_acc_auc
+        "extra_models": {name: {"accuracy_matrix": m["accuracy_matrix"]}
+                         for name, m in (r.get("extra_models") or {}).items()} or None,
     }
-    rec = {k: v for k, v in rec.items() if v is not None}
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def seed_record(r: dict) -> dict:
+    rec = {"seed": int(r["seed"]), "stream_seed": int(r["stream_seed"]), "run_id": r["run_id"],
+           "run_config_hash": r["config_hash"], **seed_inputs(r)}
     rec["result_digest"] = result_digest(rec)
-    # Only metrics that validation can recompute from the stored inputs are claimed; others are kept
-    # for information, outside the checked numbers.
-    from clbench.leaderboard.validate import recompute_metrics
-    known = recompute_metrics(rec)
+    # Only metrics that validation can recompute from the stored inputs are claimed (load_result checked
+    # that they agree with R); anything else a run reported is kept for information, outside the checks.
+    known = seed_metrics(rec, r["stream"]["setting"])
     rec["metrics"] = {k: v for k, v in r["metrics"].items() if k in known}
     other = {k: v for k, v in r["metrics"].items() if k not in known}
     if other:
         rec["unchecked_metrics"] = other
     rec.update({"stream": r["stream"], "timing": r["timing"], "memory": r.get("memory", {}), "env": r["env"]})
+    rec.update({k: r[k] for k in ("provenance", "config_source") if k in r})
     return rec
 
 
@@ -252,11 +272,13 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
         raise ConfigError(f"the runs used benchmark '{bench}' version {version}, but the shipped benchmark is "
                           f"version {shipped}; leaderboard tracks are the shipped versions, re-run the seeds")
     method = method_record(cfg, name)
+    if len(notes) > 2000:
+        raise SubmissionError(f"--notes has {len(notes)} characters; at most 2000")
     seed_runs = [seed_record(r) for r in group]
     first_env = seed_runs[0]["env"]
     return {
         "submission_schema": SUBMISSION_SCHEMA,
-        "id": f"{bench}__{_slug(method['name'])}__{cfg_hash[:8]}",
+        "id": f"{bench}__{method_slug(method['name'])}__{cfg_hash[:8]}",
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "notes": notes,
         "method": method,
@@ -270,19 +292,87 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
                                                       "cuda", "platform", "git_commit") if k in first_env},
         "timing": {"total_s": math.fsum(r["timing"]["total_s"] for r in seed_runs),
                    "mean_per_seed_s": math.fsum(r["timing"]["total_s"] for r in seed_runs) / len(seed_runs)},
-        "verifications": [],
     }
 
 
-def load_submission(path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def load_submission(path):
+    """A submission file parsed with the size and depth limits (SubmissionError otherwise); not yet validated."""
+    return read_json(path, MAX_SUBMISSION_BYTES, SubmissionError)
+
+
+def entry_with_config(board_dir, sub: dict) -> Optional[Path]:
+    """The file on the board that already holds this benchmark and config_hash (another id), if any."""
+    for path in sorted(Path(board_dir).glob("*.json")):
+        if path.stem == sub["id"]:
+            continue
+        try:
+            other = load_submission(path)
+        except SubmissionError:
+            continue
+        if isinstance(other, dict) and other.get("config_hash") == sub["config_hash"] \
+                and other.get("benchmark") == sub["benchmark"]:
+            return path
+    return None
 
 
 def save_submission(sub: dict, out_dir="leaderboard/submissions", overwrite: bool = False) -> Path:
-    path = Path(out_dir) / f"{sub['id']}.json"
+    """Write `<out_dir>/<id>.json`. One entry per configuration: a config already on the board under
+    another id is refused (pointing at it); the same id is replaced only with `overwrite`."""
+    out_dir = ensure_writable_dir(out_dir, "--out")
+    twin = entry_with_config(out_dir, sub)
+    if twin is not None:
+        raise SubmissionError(f"this configuration (config_hash {sub['config_hash'][:12]}) of "
+                              f"{sub['benchmark']['name']} v{sub['benchmark']['version']} is already on the board "
+                              f"as {twin}: the board holds one entry per configuration (docs/leaderboard.md)")
+    path = out_dir / f"{sub['id']}.json"
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (same benchmark, method name and config); use --force to replace it")
+        raise SubmissionError(f"{path} exists (same benchmark, method name and config); use --force to replace it")
     write_json_atomic(path, sub)
     os.chmod(path, 0o644)  # a public record (write_json_atomic's temp file starts as 0600)
     return path
+
+
+# ----- older formats -----------------------------------------------------------------------------------
+def migrate_submission(sub: dict) -> tuple[dict, list[str]]:
+    """A submission_schema 1 file as version 2, and notes on what changed. Version 2 drops the in-file
+    `verifications` list (anyone could write it; records now live in leaderboard/verifications/) and
+    recomputes the derived numbers with the one metrics function: each seed claims exactly the metrics
+    the track gives (acc_task_masked in class-IL only), and the summary uses clbench.metrics.mean_std."""
+    from clbench.leaderboard.validate import leaderboard_track
+    if sub.get("submission_schema") != 1:
+        raise SubmissionError(f"only submission_schema 1 can be migrated (this one is "
+                              f"{sub.get('submission_schema')!r})")
+    sub = copy.deepcopy(sub)
+    notes = []
+    dropped = sub.pop("verifications", None) or []
+    if dropped:
+        notes.append(f"dropped {len(dropped)} in-file verification record(s): re-verify with "
+                     f"`clbench leaderboard verify FILE --record`")
+    shipped, why = leaderboard_track(sub["benchmark"]["name"], sub["benchmark"]["version"])
+    if shipped is None:
+        raise SubmissionError(why)
+    for run in sub["runs"]:
+        known = seed_metrics(run, shipped["expected_stream"]["setting"])
+        extra = {k: v for k, v in run["metrics"].items() if k not in known}
+        run["metrics"] = {k: run["metrics"].get(k, v) for k, v in known.items()}
+        if extra:
+            run["unchecked_metrics"] = {**run.get("unchecked_metrics", {}), **extra}
+            notes.append(f"seed {run['seed']}: {sorted(extra)} moved to unchecked_metrics")
+    sub["summary"] = summarize(sub["runs"])
+    sub["submission_schema"] = SUBMISSION_VERSION
+    return sub, notes
+
+
+def migrate_file(path) -> str:
+    """Rewrite the submission at `path` in the current format if it is older; returns what was done."""
+    from clbench.leaderboard.validate import validate_submission
+    sub = load_submission(path)
+    if not isinstance(sub, dict) or sub.get("submission_schema") == SUBMISSION_VERSION:
+        return f"{path}: already submission_schema {SUBMISSION_VERSION}, unchanged"
+    new, notes = migrate_submission(sub)
+    issues = validate_submission(new)
+    if issues:
+        raise SubmissionError(f"{path}: the migrated submission does not validate: {issues[0]}")
+    write_json_atomic(path, new)
+    os.chmod(path, 0o644)
+    return f"{path}: migrated to submission_schema {SUBMISSION_VERSION}" + "".join(f"; {n}" for n in notes)
