@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     r.add_argument("--record", nargs="?", const=f"{DEFAULT_DIR}/verifications", metavar="DIR",
                    help=f"write the verification record into DIR (default DIR: {DEFAULT_DIR}/verifications)")
     r.add_argument("--verifier", help="who verifies, stored in the record (default: git user.name, else $USER)")
+    r.add_argument("--cpu-isa", choices=["avx2", "avx512"],
+                   help="pin torch/MKL/oneDNN CPU kernels to this instruction set (default: what each run recorded in "
+                        "env.cpu_capability, else not pinned)")
 
     m = lsub.add_parser("migrate", help="convert older submission files to the current format, in place")
     m.add_argument("files", nargs="+")
@@ -116,7 +119,8 @@ def _verify(args) -> int:
         except ValueError:
             raise bad_value("--seeds", f"expected comma-separated integers, got {args.seeds!r}") from None
     rec = verify_submission(args.file, seeds=seeds, device=args.device, atol=args.atol, data_root_dir=args.data_root,
-                            timeout=args.timeout, record_dir=args.record, verifier=args.verifier)
+                            timeout=args.timeout, record_dir=args.record, verifier=args.verifier,
+                            cpu_isa=args.cpu_isa)
     for e in rec["seeds"]:
         print(f"seed {e['seed']}: {'ok  ' if e['passed'] else 'FAIL'} {e['reason']}")
     done = [e["seed"] for e in rec["seeds"]]

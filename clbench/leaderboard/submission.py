@@ -35,7 +35,7 @@ from clbench.errors import SubmissionError
 from clbench.registry import STRATEGIES, UnknownNameError
 from clbench.results import ensure_writable_dir, load_result, write_json_atomic
 from clbench.results import find_results as find_run_results
-from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, read_json, schema
+from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, metric_inputs, read_json, schema
 
 SUBMISSION_SCHEMA = SUBMISSION_VERSION
 MIN_SEEDS = 3
@@ -198,20 +198,21 @@ def method_slug(text: str) -> str:
 
 
 def seed_inputs(r: dict) -> dict:
-    """What a seed record keeps of a (checked) result.json: the metric inputs and the measured matrices."""
+    """What a seed record keeps of a (checked) result.json: the metric inputs (read from the result as
+    clbench.schema.metric_inputs reads them) and the other measured matrices."""
+    m = metric_inputs(r)
     rec = {
-        "accuracy_matrix": r["accuracy_matrix"],
-        "initial_accuracy": r["initial_accuracy"],
-        "learned_at": r["stream"]["learned_at"],
-        # test samples per evaluation task: sample-weighted metrics (avg_incremental_acc) need them
-        "task_sizes": [int(t["n_test"]) for t in r["stream"]["eval_tasks"] if t.get("n_test")] or None,
-        "task_masked_accuracy_matrix": r.get("task_masked_accuracy_matrix"),
+        "accuracy_matrix": m["R"],
+        "initial_accuracy": m["initial"],
+        "learned_at": m["learned_at"],
+        "task_sizes": m["task_sizes"],            # test samples per task: sample-weighted metrics need them
+        "task_masked_accuracy_matrix": m["task_masked"],
         "validation_accuracy_matrix": r.get("validation_accuracy_matrix"),
         "initial_validation_accuracy": r.get("initial_validation_accuracy"),
-        "reference_accuracy": (r.get("reference") or {}).get("accuracy"),    # a* for intransigence
-        "anytime_acc_seen": (r.get("anytime") or {}).get("acc_seen"),        # curve for anytime_acc_auc
-        "extra_models": {name: {"accuracy_matrix": m["accuracy_matrix"]}
-                         for name, m in (r.get("extra_models") or {}).items()} or None,
+        "reference_accuracy": m["reference"],     # a* for intransigence
+        "anytime_acc_seen": m["anytime_acc_seen"],  # curve for anytime_acc_auc
+        "extra_models": {name: {"accuracy_matrix": x["accuracy_matrix"]}
+                         for name, x in (r.get("extra_models") or {}).items()} or None,
     }
     return {k: v for k, v in rec.items() if v is not None}
 
@@ -223,7 +224,7 @@ def seed_record(r: dict) -> dict:
     # Only metrics that validation can recompute from the stored inputs are claimed (load_result checked
     # that they agree with R); anything else a run reported is kept for information, outside the checks.
     known = seed_metrics(rec, r["stream"]["setting"])
-    rec["metrics"] = {k: v for k, v in r["metrics"].items() if k in known}
+    rec["metrics"] = {k: r["metrics"].get(k, v) for k, v in known.items()}   # (an older run may lack one)
     other = {k: v for k, v in r["metrics"].items() if k not in known}
     if other:
         rec["unchecked_metrics"] = other

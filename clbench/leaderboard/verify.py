@@ -16,6 +16,11 @@ The verifier decides everything about the check; nothing in the submission file 
   (`--timeout`); it is killed at the limit and the seeds not finished by then fail.
 * Threads: each seed re-runs with the torch CPU thread count its run recorded (`env.cpu_threads`, 1-256):
   CPU results depend on it (issue: one config, different R with 1 and 2 threads).
+* CPU instruction set: CPU results also depend on the vector kernels torch, MKL and oneDNN pick (AVX2 or
+  AVX-512): the same code and seed gave a different R on an AVX-512 host than on the AVX2 host that made
+  the submission, and the same R once the kernels were pinned to AVX2. Each seed re-runs with the kernels
+  its run recorded (`env.cpu_capability`), or those the verifier names with `--cpu-isa` (for runs that did
+  not record it); pinning only selects code paths the verifier's CPU has, so a false claim cannot help.
 
 Compared: R, the initial row, and every other measured matrix the seed record holds (task-masked R,
 validation R, extra models, anytime curve): max absolute difference over all entries.
@@ -107,30 +112,55 @@ def _threads(run: dict) -> Optional[int]:
     return n if isinstance(n, int) and 1 <= n <= MAX_THREADS else None
 
 
+# The environment that pins torch's (ATen), MKL's and oneDNN's CPU kernels to one instruction set; it must
+# be set before torch is imported, hence one child process per instruction set.
+ISA_ENV = {
+    "AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"},
+    "AVX512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+               "DNNL_MAX_CPU_ISA": "AVX512_CORE"},
+}
+
+
+def _isa(run: dict, chosen: Optional[str], host: str) -> Optional[str]:
+    """The instruction set to pin for a seed: the verifier's --cpu-isa, else the one its run recorded when
+    it differs from this host's default (a run made with the default kernels re-runs with them unpinned)."""
+    isa = str(chosen or run["env"].get("cpu_capability")).upper()
+    return isa if isa in ISA_ENV and (chosen or isa != str(host).upper()) else None
+
+
 def _rerun(jobs: list[dict], timeout: float, workdir: Path) -> tuple[dict, Optional[str]]:
-    """Run the jobs in one child process with a wall-clock limit: ({seed: line}, why it stopped early)."""
-    jobs_file, out, log = workdir / "jobs.json", workdir / "results.jsonl", workdir / "child.log"
-    jobs_file.write_text(json.dumps(jobs))
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "clbench.leaderboard.rerun", str(jobs_file), str(out)],
-                                stdout=err, stderr=err, start_new_session=True)
-        try:
-            code, stopped = proc.wait(timeout=timeout), None
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)   # the child and anything it started
-            proc.wait()
-            code, stopped = None, f"the time limit of {timeout:g}s was reached"
-    lines = {}
-    if out.exists():
-        for text in out.read_text().splitlines():
+    """Run the jobs in child processes (one per instruction set) under one wall-clock limit for all:
+    ({seed: line}, why it stopped early)."""
+    deadline = time.monotonic() + timeout
+    lines, stopped = {}, None
+    for isa in dict.fromkeys(j["isa"] for j in jobs):
+        group = [j for j in jobs if j["isa"] == isa]
+        tag = (isa or "default").lower()
+        jobs_file, out, log = (workdir / f"jobs-{tag}.json", workdir / f"results-{tag}.jsonl",
+                               workdir / f"child-{tag}.log")
+        jobs_file.write_text(json.dumps(group))
+        with open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "clbench.leaderboard.rerun", str(jobs_file), str(out)],
+                                    stdout=err, stderr=err, start_new_session=True,
+                                    env={**os.environ, **ISA_ENV.get(isa, {})})
             try:
-                line = json.loads(text)
-            except ValueError:
-                continue   # the last line of a killed child may be cut
-            lines[line["seed"]] = line
-    if stopped is None and code != 0:
-        tail = [t for t in log.read_text(errors="replace").splitlines() if t.strip()][-1:] or ["no output"]
-        stopped = f"the re-run process exited with status {code}: {one_line(tail[0], 200)}"
+                code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)   # the child and anything it started
+                proc.wait()
+                code, stopped = None, f"the time limit of {timeout:g}s was reached"
+        if out.exists():
+            for text in out.read_text().splitlines():
+                try:
+                    line = json.loads(text)
+                except ValueError:
+                    continue   # the last line of a killed child may be cut
+                lines[line["seed"]] = line
+        if stopped is None and code != 0:
+            tail = [t for t in log.read_text(errors="replace").splitlines() if t.strip()][-1:] or ["no output"]
+            stopped = f"the re-run process exited with status {code}: {one_line(tail[0], 200)}"
+        if stopped:
+            break
     return lines, stopped
 
 
@@ -142,8 +172,8 @@ def _leaves(key: str, value) -> dict[str, np.ndarray]:
 
 
 def compare(claimed: dict, rerun: dict) -> tuple[Optional[float], str]:
-    """Max |difference| over every measured matrix of a seed record and its re-run; (None, why) when they
-    do not even have the same matrices or shapes."""
+    """Max |difference| over every measured matrix of a seed record and its re-run, and where it is when
+    that is not R itself; (None, why) when they do not even have the same matrices or shapes."""
     a, b = {}, {}
     for key in MEASURED:
         if key in claimed:
@@ -152,14 +182,17 @@ def compare(claimed: dict, rerun: dict) -> tuple[Optional[float], str]:
             b.update(_leaves(key, rerun[key]))
     if set(a) != set(b):
         return None, f"the re-run measured {sorted(b)}, the submission holds {sorted(a)}"
-    diff = 0.0
+    per_key = {}
     for key in a:
         if a[key].shape != b[key].shape:
             return None, f"the re-run's {key} has shape {b[key].shape}, the submission's {a[key].shape}"
         both_nan = np.isnan(a[key]) & np.isnan(b[key])
         d = np.where(both_nan, 0.0, np.abs(a[key] - b[key]))
-        diff = max(diff, float(np.nan_to_num(d, nan=np.inf).max()) if d.size else 0.0)
-    return diff, ""
+        per_key[key] = float(np.nan_to_num(d, nan=np.inf).max()) if d.size else 0.0
+    worst = max(per_key, key=per_key.get)
+    where = "" if worst == "accuracy_matrix" or per_key[worst] == 0 else \
+        f" in {worst} (accuracy_matrix: {per_key['accuracy_matrix']:.6g})"
+    return per_key[worst], where
 
 
 def _env_note(recorded: dict, mine: dict) -> str:
@@ -171,7 +204,7 @@ def _env_note(recorded: dict, mine: dict) -> str:
 
 def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cpu", atol: Optional[float] = None,
                       data_root_dir: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT_S,
-                      record_dir=None, verifier: Optional[str] = None) -> dict:
+                      record_dir=None, verifier: Optional[str] = None, cpu_isa: Optional[str] = None) -> dict:
     """Re-run the seeds of the submission at `path` (all, or the verifier's `seeds`) and return the
     verification record; with `record_dir`, also write it there (checked writable before any re-run).
     Raises SubmissionError / ConfigError (one line) when the submission or an argument is not usable."""
@@ -184,6 +217,8 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
         ensure_writable_dir(record_dir, "--record")
     if not timeout > 0:
         raise bad_value("--timeout", f"expected a number of seconds > 0, got {timeout!r}")
+    if cpu_isa is not None and cpu_isa.upper() not in ISA_ENV:
+        raise bad_value("--cpu-isa", f"expected one of {', '.join(k.lower() for k in ISA_ENV)}, got {cpu_isa!r}")
     atol, rule = tolerance(atol)
     who = verifier_name(verifier)
     issues = validate_file(path)
@@ -202,7 +237,8 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clbench-verify-") as tmp:
-        jobs = [{"seed": s, "threads": _threads(runs[s]),
+        host = torch.backends.cpu.get_cpu_capability()
+        jobs = [{"seed": s, "threads": _threads(runs[s]), "isa": _isa(runs[s], cpu_isa, host),
                  "cfg": rerun_config(sub, s, dev, str(Path(tmp) / f"seed{s}"), root)} for s in chosen]
         lines, stopped = _rerun(jobs, timeout, Path(tmp))
     wall = time.perf_counter() - t0
@@ -213,19 +249,22 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
         entry = {"seed": s, "passed": False, "max_abs_diff": None,
                  "recorded_env": {k: run["env"][k] for k in ("device", "torch", "cpu_threads", "cpu_capability",
                                                              "platform", "python") if k in run["env"]},
-                 "threads": _threads(run), "claimed_acc": run["metrics"].get("acc"), "rerun_acc": None}
+                 "threads": _threads(run), "cpu_isa": None, "claimed_acc": run["metrics"].get("acc"),
+                 "rerun_acc": None}
         if line is None:
             entry["reason"] = f"not re-run: {stopped or 'no result'}"
         elif "error" in line:
             entry["reason"] = f"the re-run failed: {one_line(line['error'], 300)}"
         else:
             diff, why = compare(run, line["inputs"])
-            entry.update(max_abs_diff=diff, rerun_acc=line.get("acc"), threads=line.get("threads"))
+            entry.update(max_abs_diff=diff, rerun_acc=line.get("acc"), threads=line.get("threads"),
+                         cpu_isa=line.get("cpu_capability"))
             entry["passed"] = diff is not None and diff <= atol
             entry["reason"] = (why if diff is None else
-                               f"max |dR| = {diff:.6g} {'<=' if entry['passed'] else '>'} atol {atol:g}")
+                               f"max |dR| = {diff:.6g} {'<=' if entry['passed'] else '>'} atol {atol:g}{why}")
             if not entry["passed"]:
-                entry["reason"] += _env_note(run["env"], {**mine, "cpu_threads": line.get("threads")})
+                entry["reason"] += _env_note(run["env"], {**mine, "cpu_threads": line.get("threads"),
+                                                          "cpu_capability": line.get("cpu_capability")})
         per_seed.append(entry)
 
     sources_now = strategy_sources(sub["method"]["strategy"])
