@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from clbench.errors import ResultFileError
+from clbench.errors import ResultFileError, bad_value
 from clbench.schema import RESULT_VERSION as SCHEMA_VERSION  # noqa: F401  (the engine writes it)
 from clbench.schema import load_result as _load_checked
 from clbench.schema import schema as _schema
@@ -46,7 +46,6 @@ def write_text_atomic(path, text: str) -> Path:
 def ensure_writable_dir(path, key: str) -> Path:
     """Create the folder `path` if needed and check that a file can be written in it, so a command fails
     with one line naming the option `key` before doing any work (a read-only or misplaced output folder)."""
-    from clbench.errors import bad_value
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise bad_value(key, f"{path} is a file, not a folder")

@@ -429,10 +429,12 @@ def test_validate_and_render_survive_every_bad_file(honest, tmp_path, capsys):
         f.write(b'{"notes": "')
         f.seek(50 * 2**20)
         f.write(b'"}')
-    n_bad = len(_bad_files(honest["sub"])) + 1
+    (subs / "\x1b[2Jterminal.json").write_text("{}")          # a file name that would clear a terminal
+    n_bad = len(_bad_files(honest["sub"])) + 2
     assert main(["leaderboard", "validate", *sorted(map(str, subs.glob("*.json")))]) == 1
     out = capsys.readouterr().out
     assert f"1 valid, {n_bad} invalid" in out and f"ok      {good}" in out
+    assert "\x1b" not in out and "\\x1b[2Jterminal.json" in out
     assert "an integer with 400 digits" in out and "nested deeper than 32 levels" in out
     assert "over the limit of 16777216 bytes" in out and "convert it with `clbench leaderboard migrate FILE`" in out
     t0 = time.perf_counter()

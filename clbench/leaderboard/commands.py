@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from clbench.escape import one_line
+
 DEFAULT_DIR = "leaderboard"
 
 
@@ -100,11 +102,11 @@ def _validate(args) -> int:
         issues = validate_file(f)
         if issues:
             bad += 1
-            print(f"INVALID {f}")
+            print(f"INVALID {one_line(f)}")   # a file name is free text too (no terminal escapes)
             for i in issues:
                 print(f"  {i}")
         else:
-            print(f"ok      {f}")
+            print(f"ok      {one_line(f)}")
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 
@@ -147,7 +149,7 @@ def _render(args) -> int:
     out = render(args.submissions, args.out, args.verifications)
     print(f"{len(out['entries'])} entries -> {out['markdown']}, {out['html']}, {len(out['heatmaps'])} heatmaps")
     for path, issues in out["rejected"].items():
-        print(f"not ranked {path}:", file=sys.stderr)
+        print(f"not ranked {one_line(path)}:", file=sys.stderr)
         for i in issues:
             print(f"  {i}", file=sys.stderr)
     return 1 if out["rejected"] else 0
