@@ -25,7 +25,7 @@ from torch import Tensor
 from clbench.stream import Batch
 
 
-class _Storage:
+class Storage:
     """Fixed-capacity tensor storage; subclasses decide which slot each offered sample goes to."""
 
     def __init__(self, capacity: int, device: torch.device, generator: torch.Generator):
@@ -67,6 +67,14 @@ class _Storage:
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.data.values())
 
+    def state_dict(self) -> dict:
+        """Everything needed to resume (the generator is the strategy's and is saved with it)."""
+        return {"seen": self.seen, "size": self.size, "data": {k: v.clone() for k, v in self.data.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen, self.size = int(state["seen"]), int(state["size"])
+        self.data = {k: v.to(self.device) for k, v in state["data"].items()}
+
     def state(self) -> dict:
         """Footprint for result.json."""
         return {"policy": self.policy, "capacity": self.capacity, "size": self.size, "seen": self.seen,
@@ -74,7 +82,7 @@ class _Storage:
                 "dtype": str(self.data["x"].dtype).replace("torch.", "") if self.data else None}
 
 
-class ReservoirBuffer(_Storage):
+class ReservoirBuffer(Storage):
     policy = "reservoir"
 
     def slots_for(self, n: int) -> tuple[Tensor, Tensor]:
@@ -105,7 +113,7 @@ class ReservoirBuffer(_Storage):
         self.size = min(self.seen, self.capacity)
 
 
-class ClassBalancedBuffer(_Storage):
+class ClassBalancedBuffer(Storage):
     """Equal memory share per seen class; `within_class` = "reservoir" (CBRS) or "drop" (GDumb)."""
 
     def __init__(self, capacity: int, device: torch.device, generator: torch.Generator,
@@ -161,6 +169,15 @@ class ClassBalancedBuffer(_Storage):
         pos = torch.tensor(list(last.values()), dtype=torch.long)
         self._write(fields, pos, slot)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "labels": self.labels.clone(),
+                "seen_per_class": {int(c): int(n) for c, n in self.seen_per_class.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.labels = state["labels"].clone()
+        self.seen_per_class = {int(c): int(n) for c, n in state["seen_per_class"].items()}
+
     def state(self) -> dict:
         return {**super().state(), "per_class": {str(c): n for c, n in sorted(self.counts().items())}}
 
@@ -169,11 +186,11 @@ BUFFERS = {"reservoir": ReservoirBuffer, "class_balanced": ClassBalancedBuffer}
 
 
 def make_buffer(kind: str, capacity, device: torch.device, generator: torch.Generator, minimum: int = 0,
-                **options) -> _Storage:
+                **options) -> Storage:
     """A buffer by name, with config errors that name the key (`strategy.buffer`, `strategy.buffer_size`)."""
-    from clbench.config import ConfigError
+    from clbench.errors import ConfigError, bad_value
     if kind not in BUFFERS:
-        raise ConfigError(f"bad value for 'strategy.buffer': {kind!r}; valid choices: {', '.join(BUFFERS)}")
+        raise bad_value("strategy.buffer", f"{kind!r}; valid choices: {', '.join(BUFFERS)}")
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < minimum:
-        raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= {minimum}, got {capacity!r}")
+        raise bad_value("strategy.buffer_size", f"expected an integer >= {minimum}, got {capacity!r}")
     return BUFFERS[kind](capacity, device, generator, **options)

@@ -3,6 +3,7 @@ loggers are sinks and a failing sink never loses the local result."""
 from __future__ import annotations
 
 import sys
+import uuid
 import warnings
 from typing import Optional
 
@@ -12,12 +13,15 @@ from clbench.metrics import acc_seen, direction
 class Logger:
     def start(self, run) -> None: ...
     def experience_start(self, run, exp, n_steps: int) -> None: ...
-    def train_step(self, run, loss: float) -> None: ...
-    def experience_end(self, run, exp) -> None: ...
+    def train_step(self, run, loss) -> None: ...
+    def log_values(self, run, step: int, values: dict) -> None: ...  # what a strategy logged (self.log)
     def log_row(self, run, row_index: int, row) -> None: ...     # row_index -1: before training
-    def log_anytime(self, run, point: dict) -> None: ...         # eval.every_steps > 0
+    def log_anytime(self, run, point: dict) -> None: ...         # anytime evaluation on (eval.every_samples/steps)
     def finish(self, run, result: dict) -> None: ...
-    def close(self, failed: bool = False) -> None: ...
+    def close(self, failed: bool = False, interrupted: bool = False) -> None: ...
+    def state(self) -> dict:                                     # kept in checkpoints, for resuming
+        return {}
+    def restore(self, state: dict) -> None: ...
 
 
 def fmt_pct(v) -> str:
@@ -61,9 +65,13 @@ class ConsoleLogger(Logger):
             self.bar = tqdm(total=n_steps, desc=f"exp {exp.index + 1}/{len(run.stream)} ({exp.kind})",
                             leave=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
-    def train_step(self, run, loss: float) -> None:
+    def train_step(self, run, loss) -> None:
         if self.bar is not None:
             self.bar.update(1)
+
+    def log_values(self, run, step: int, values: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in list(values.items())[:4]}, refresh=False)
 
     def log_row(self, run, row_index: int, row) -> None:
         if self.bar is not None:
@@ -73,20 +81,31 @@ class ConsoleLogger(Logger):
             self.bar = None
 
     def finish(self, run, result: dict) -> None:
-        print(format_matrix(result["accuracy_matrix"], result["initial_accuracy"]), file=self.out)
-        print(format_metrics(result["metrics"]), file=self.out)
+        if result.get("accuracy_matrix") is not None:
+            print(format_matrix(result["accuracy_matrix"], result["initial_accuracy"]), file=self.out)
+            print(format_metrics(result["metrics"]), file=self.out)
         if result.get("reference"):
             ref = result["reference"]
             print(f"Intransigence reference ({ref['kind']}): {ref['strategy']} run {ref['run_id']}", file=self.out)
+        if result.get("validation_accuracy_matrix"):
+            print(format_matrix(result["validation_accuracy_matrix"], result["initial_validation_accuracy"])
+                  .replace("Accuracy matrix R", "Validation accuracy matrix"), file=self.out)
+            if result.get("accuracy_matrix") is None:
+                print(format_metrics(result["validation_metrics"]).replace("Metrics", "Validation metrics"),
+                      file=self.out)
+        for name, m in (result.get("extra_models") or {}).items():
+            print(f"Extra model '{name}': acc {fmt_pct(m['acc']).strip()}%", file=self.out)
         if result.get("anytime"):
             a = result["anytime"]
-            print(f"Anytime evaluation: {len(a['step'])} points every {a['every_steps']} steps "
+            every = (f"{a['every_samples']} stream samples" if a.get("every_samples")
+                     else f"{a['every_steps']} steps")
+            print(f"Anytime evaluation: {len(a['step'])} points every {every}, A_AUC {fmt_pct(a['auc']).strip()}% "
                   f"(result.json key 'anytime')", file=self.out)
         t = result["timing"]
         print(f"Time: total {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s)",
               file=self.out, flush=True)
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, failed: bool = False, interrupted: bool = False) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -116,6 +135,7 @@ class WandbLogger(Logger):
         self.group_hash = group_hash(cfg)
         self.run = None
         self.step = 0
+        self.wandb_id: Optional[str] = None   # kept in checkpoints: a resumed run continues the same W&B run
 
     def _failed(self, what: str, e: Exception) -> None:
         warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing without W&B. "
@@ -149,11 +169,13 @@ class WandbLogger(Logger):
             job_type=w["job_type"], name=w["name"] or self.run_id,
             tags=list(dict.fromkeys(str(t)[:64] for t in tags if t)),
             config={**cfg, "config_hash": self.cfg_hash, "group_hash": self.group_hash, "run_id": self.run_id},
-            reinit="create_new")
+            reinit="create_new", id=self.wandb_id, resume="allow")
 
     def start(self, run) -> None:
         try:
             import wandb
+            if self.wandb_id is None:
+                self.wandb_id = uuid.uuid4().hex[:8]
             self.run = wandb.init(**self.init_kwargs(run),
                                   settings=wandb.Settings(init_timeout=120, console="off", silent=True,
                                                           x_disable_stats=True))
@@ -167,10 +189,22 @@ class WandbLogger(Logger):
         except Exception as e:
             self._failed("init", e)
 
-    def train_step(self, run, loss: float) -> None:
+    def train_step(self, run, loss) -> None:
         self.step += 1
         if self.step % 50 == 0:
             self._safely("log", lambda: self.run.log({"train/loss": float(loss), "train/step": self.step}))
+
+    def log_values(self, run, step: int, values: dict) -> None:
+        data = {f"train/{k}": v for k, v in values.items()}
+        data["train/step"] = step
+        self._safely("log", lambda: self.run.log(data))
+
+    def state(self) -> dict:
+        return {"wandb_id": self.wandb_id, "step": self.step}
+
+    def restore(self, state: dict) -> None:
+        self.wandb_id = state.get("wandb_id") or self.wandb_id
+        self.step = int(state.get("step", 0))
 
     def log_row(self, run, row_index: int, row) -> None:
         seen = acc_seen(row.acc, run.stream.learned_rows(), row_index)
@@ -182,7 +216,8 @@ class WandbLogger(Logger):
         self._safely("log", lambda: self.run.log(data))
 
     def log_anytime(self, run, point: dict) -> None:
-        data = {"anytime/step": point["step"], "anytime/experience": point["experience"]}
+        data = {"anytime/step": point["step"], "anytime/samples": point.get("samples"),
+                "anytime/experience": point["experience"]}
         data.update({f"anytime/acc_task{j}": a for j, a in enumerate(point["accuracy"])})
         if point.get("acc_seen") is not None:
             data["anytime/acc_seen"] = point["acc_seen"]
@@ -191,6 +226,11 @@ class WandbLogger(Logger):
     def finish(self, run, result: dict) -> None:
         def _finish():
             import wandb
+            if result.get("accuracy_matrix") is None:   # a tuning run: validation only
+                for k, v in (result.get("validation_metrics") or {}).items():
+                    if isinstance(v, (int, float)) or v is None:
+                        self.run.summary[f"final/val_{k}"] = v
+                return
             for k, v in result["metrics"].items():
                 if isinstance(v, (int, float)) or v is None:
                     self.run.summary[f"final/{k}"] = v
@@ -212,10 +252,12 @@ class WandbLogger(Logger):
             plt.close(fig)
         self._safely("summary", _finish)
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, failed: bool = False, interrupted: bool = False) -> None:
         if self.run is not None:
             run, self.run = self.run, None
             try:
+                if interrupted:
+                    run.mark_preempting()   # the resumed run continues this W&B run (same id)
                 run.finish(exit_code=1 if failed else 0)
             except Exception as e:
                 warnings.warn(f"W&B finish failed ({type(e).__name__}: {e}); local results are unaffected.")

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from clbench.hparams import HP
 from clbench.registry import MODELS
 
 
@@ -31,6 +32,12 @@ class Normalize(nn.Module):
 
 class MLP(nn.Module):
     """Multi-layer perceptron: flatten, `depth` hidden layers of `width` ReLU units, linear classifier."""
+
+    hparams = {
+        "width": HP(100, "units per hidden layer", low=1),
+        "depth": HP(2, "hidden layers (0: a linear classifier)", low=0),
+        "bias": HP(True, "linear layers with biases (OWM, GPM, HLOP need bias=false)"),
+    }
 
     def __init__(self, input_shape, n_classes: int, normalize: nn.Module, width: int = 100, depth: int = 2,
                  bias: bool = True):
@@ -54,6 +61,13 @@ class CNN(nn.Module):
     Each block has two 3x3 convs of `channels[i]` filters, max-pooling and dropout; then a `hidden`-unit
     ReLU layer and a linear classifier. Convolutions are padded, so any input of at least 4x4 (MNIST 28x28,
     CIFAR 32x32) works."""
+
+    hparams = {
+        "channels": HP([32, 64], "filters of the convolutions of each block", type=list, items=int, low=1),
+        "hidden": HP(512, "units of the fully-connected layer", low=1),
+        "dropout": HP(0.0, "dropout probability", low=0, high=0.99),
+        "bias": HP(True, "layers with biases"),
+    }
 
     def __init__(self, input_shape, n_classes: int, normalize: nn.Module, channels=(32, 64), hidden: int = 512,
                  dropout: float = 0.0, bias: bool = True):
@@ -101,6 +115,12 @@ class ReducedResNet18(nn.Module):
     the full-width ResNet-18 of mammoth (same code path). `track_running_stats=False` reproduces GPM's
     batch-statistics BN; `first_stride=2` is the stem GPM uses on 84x84 miniImageNet."""
 
+    hparams = {
+        "nf": HP(20, "base number of filters (64: full-width ResNet-18)", low=1),
+        "track_running_stats": HP(True, "BatchNorm running statistics (false: batch statistics, as GPM)"),
+        "first_stride": HP(1, "stride of the stem convolution", low=1),
+    }
+
     def __init__(self, input_shape, n_classes: int, normalize: nn.Module, nf: int = 20,
                  track_running_stats: bool = True, first_stride: int = 1):
         super().__init__()
@@ -120,13 +140,37 @@ class ReducedResNet18(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
+# Options every model has, applied here rather than by each model class.
+COMMON = {
+    "standardize": HP(True, "standardise inputs with the training set's per-channel mean/std (false: only scale "
+                            "to [0, 1], as Mammoth's ToTensor-only MNIST protocol)"),
+    "init": HP("default", "weight initialisation: default (PyTorch's) or xavier (Xavier-uniform weights, zero "
+                          "biases, as Mammoth's MNISTMLP)", choices=("default", "xavier")),
+}
+
+
 def build_model(cfg: dict, dataset) -> nn.Module:
-    options = {k: v for k, v in cfg["model"].items() if k != "name"}
+    options = {k: v for k, v in cfg["model"].items() if k != "name" and k not in COMMON}
+    common = {k: cfg["model"].get(k, spec.default) for k, spec in COMMON.items()}
     cls = MODELS.get(cfg["model"]["name"])
-    normalize = Normalize(dataset.scale, dataset.mean, dataset.std)
+    channels = len(dataset.mean)
+    normalize = (Normalize(dataset.scale, dataset.mean, dataset.std) if common["standardize"] else
+                 Normalize(dataset.scale, (0.0,) * channels, (1.0,) * channels))
     try:
-        return cls(input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, normalize=normalize,
-                   **options)
+        model = cls(input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, normalize=normalize,
+                    **options)
     except TypeError as e:  # an unknown model option
-        from clbench.config import ConfigError
+        from clbench.errors import ConfigError
         raise ConfigError(f"bad 'model' options for '{cfg['model']['name']}': {e}") from None
+    if common["init"] == "xavier":
+        xavier_(model)
+    return model
+
+
+def xavier_(model: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear and conv layer (Mammoth's MNISTMLP init)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

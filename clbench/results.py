@@ -6,12 +6,12 @@ half-written folder behind (sweeps use this to resume).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -114,37 +114,93 @@ def make_run_id(cfg: dict, cfg_hash: str) -> str:
 
 
 class RunDir:
-    """The working folder of one run; `commit()` publishes it under its final name."""
+    """The working folder of one run, claimed atomically; `commit()` publishes it under its final name.
 
-    def __init__(self, out: str, run_id: str, overwrite: bool = False):
+    A run works in `<out>/.<run_id>.partial/` and holds an OS lock on `run.lock` inside it while it runs:
+    - a partial folder that nobody holds is an unfinished run (killed, preempted): with `resume`, the run
+      continues from its checkpoint; otherwise it starts over in it;
+    - a partial folder held by a live process is a concurrent run of the same command: this run takes the next
+      free name (`<run_id>_r2`, `_r3`, ...), as it does when a finished `<run_id>/` exists (unless `overwrite`,
+      which sweeps use: they decide themselves what is complete).
+    The lock is released by the OS when the process dies, so a crashed run never blocks a later one.
+    """
+
+    LOCK, CHECKPOINT = "run.lock", "checkpoint.pt"
+
+    def __init__(self, out, run_id: str, overwrite: bool = False, resume: bool = True, _max_tries: int = 1000):
         self.out = Path(out)
-        self.run_id = run_id
-        self.final = self.out / run_id
-        if self.final.exists() and not overwrite:
-            raise FileExistsError(str(self.final))
-        self.work = self.out / f".{run_id}.partial"
-        if self.work.exists():
-            shutil.rmtree(self.work)
-        self.work.mkdir(parents=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        base = run_id
+        for k in range(1, _max_tries + 1):
+            rid = base if k == 1 else f"{base}_r{k}"
+            final, work = self.out / rid, self.out / f".{rid}.partial"
+            if final.exists() and not overwrite:
+                continue
+            if self._claim(work, fresh=not resume):
+                self.run_id, self.final, self.work = rid, final, work
+                return
+            if overwrite:
+                raise FileExistsError(f"run {rid} is running in another process right now (its working folder "
+                                      f"{work} is locked); wait for it or stop it")
+        raise FileExistsError(f"no free run folder for {base} under {self.out}")
+
+    def _claim(self, work: Path, fresh: bool) -> bool:
+        """Create or take over `work` under an exclusive lock; False when a live process holds it."""
+        try:
+            work.mkdir()
+        except FileExistsError:
+            pass
+        fd = os.open(work / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        if fresh:
+            self.clear(work)
+        return True
+
+    @classmethod
+    def clear(cls, work: Path) -> None:
+        """Empty a working folder (starting over), keeping its lock file."""
+        for p in work.iterdir():
+            if p.name == cls.LOCK:
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / self.CHECKPOINT
 
     def commit(self) -> Path:
+        """Publish: drop the checkpoint and lock, rename the working folder to its final name."""
+        for name in (self.CHECKPOINT,):
+            (self.work / name).unlink(missing_ok=True)
         if self.final.exists():
             shutil.rmtree(self.final)
+        (self.work / self.LOCK).unlink(missing_ok=True)
         os.replace(self.work, self.final)
+        self.release()
         return self.final
 
     def discard(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            os.close(fd)
 
 
 def git_commit() -> Optional[str]:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """The commit of the git checkout clbench is imported from (None otherwise); see clbench.provenance."""
+    from clbench.provenance import git_state
+    return git_state()["git_commit"]
 
 
 def environment(device) -> dict:

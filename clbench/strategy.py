@@ -1,48 +1,59 @@
-"""The strategy contract: train on one experience at a time, predict given inputs (and the task id only
-where the scenario permits it).
+"""The strategy contract: train on one experience at a time, predict given inputs (and the task id only where
+the scenario permits it).
 
-A strategy overrides a few small hooks named after what happens; the loop itself lives here once:
+A strategy declares its hyper-parameters and overrides a few small hooks named after what happens; the loop
+lives here once:
 
-    train(exp):
-        before_experience(exp)
-        for each epoch, for each minibatch:
-            loss(batch) -> backward -> after_backward(batch) -> optimizer step -> after_step(batch)
+    train_experience(exp):                       # a generator: the engine evaluates, logs, checkpoints between steps
+        before_experience(exp)                   # strategy first, then each callback
+        for each epoch, for each minibatch of training_data(exp):
+            around_step(batch):                  # callbacks wrap the step (refresh: unlearn, then the step)
+                loss(batch) -> backward -> after_backward(batch) -> optimizer step -> after_step(batch)
+            yield                                # the engine's turn
         after_experience(exp)
 
-`predict(x, task_id)` returns logits; the evaluator calls it under inference mode and never passes a
-task id in class- or domain-incremental settings.
+What a strategy may see (a sealed stream): the current experience's training data (its own copy, with no
+path to other data), its own memory, and the `StreamInfo` the scenario declares known up front. It never
+receives the evaluator, evaluation data or future experiences; a strategy that wants extra models scored
+(CLS-ER's plastic and working models) returns them from `extra_models()` and the evaluator scores them.
+
+State for resuming: `state_dict()` covers the model, optimizer, generator, loop position and every attribute
+named in `checkpoint_attrs` (tensors, modules, replay buffers, dicts and lists of them); override
+`state_dict`/`load_state_dict` (calling super) only for state that is none of those.
+
+The full guide, with a worked example: docs/plugins.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.stream import Batch, Experience
+from clbench import state as S
+from clbench.errors import PluginError, TrainingDiverged
+from clbench.hparams import HP, Params, check_value, defaults
+from clbench.stream import Batch, Experience, TensorSplit
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamInfo:
-    """What a strategy may know about the stream up front (no data, no future experiences)."""
+    """What a strategy may know about the stream up front (no data, no future experiences).
+
+    `task_classes` holds the classes of each task only where the scenario declares them known up front: in
+    task-IL (multi-head: the head of every task is part of the protocol). Elsewhere it is empty, and a strategy
+    learns the classes of a task when its experience arrives (`Strategy.task_classes`, `Strategy.seen_classes`).
+    """
     name: str
     setting: str                      # class-il, task-il, domain-il
-    n_classes: int
+    n_classes: int                    # size of the output layer
     n_experiences: int
-    task_classes: dict[int, list[int]]
     input_shape: tuple
-
-
-class Params(dict):
-    """Hyper-parameters with attribute access: self.hp.buffer_size."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"strategy has no hyper-parameter '{key}'") from None
+    task_classes: dict = field(default_factory=dict)
 
 
 def make_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
@@ -54,71 +65,241 @@ def make_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}")
+    raise PluginError(f"unknown optimizer {name!r}")
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of a model in eval mode with no gradients (a teacher, a previous model, an anchor)."""
+    m = copy.deepcopy(model).eval()
+    m.requires_grad_(False)
+    return m
+
+
+class Callback:
+    """Behaviour that composes around any strategy (refresh learning, logging, rehearsal schedules).
+
+    Declares `hparams` like a strategy; its hooks receive the strategy first. `around_step(strategy, batch,
+    step)` must call `step(batch)` exactly once and return its loss. State: `checkpoint_attrs` as a strategy.
+    """
+
+    description = "callback"
+    hparams: dict[str, HP] = {}
+    checkpoint_attrs: tuple[str, ...] = ()
+
+    def __init__(self, params: Optional[dict] = None, seed: int = 0):
+        self.hp = Params({**defaults(self.hparams), **(params or {})})
+
+    def setup(self, strategy: "Strategy") -> None:
+        """Called once the strategy is built (allocate state that depends on the model here)."""
+
+    def before_experience(self, strategy: "Strategy", exp: Experience) -> None: ...
+    def after_backward(self, strategy: "Strategy", batch: Batch) -> None: ...
+    def after_step(self, strategy: "Strategy", batch: Batch) -> None: ...
+    def after_experience(self, strategy: "Strategy", exp: Experience) -> None: ...
+
+    def around_step(self, strategy: "Strategy", batch: Batch, step) -> Tensor:
+        return step(batch)
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {name: S.pack(getattr(self, name)) for name in self.checkpoint_attrs}
+
+    def load_state_dict(self, state: dict, template: Optional[nn.Module] = None) -> None:
+        for name in self.checkpoint_attrs:
+            if name in state:
+                setattr(self, name, S.unpack(state[name], getattr(self, name, None), template))
 
 
 class Strategy:
-    """Base class: plain fine-tuning. Subclasses override hooks, not the loop."""
+    """Base class: plain fine-tuning. Subclasses declare hyper-parameters and override hooks, not the loop."""
 
     description = "fine-tuning (base class)"
-    defaults: dict = {}
+    paper = ""                        # citation of the method's paper
+    code = ""                         # the reference implementation the strategy follows
+    hparams: dict[str, HP] = {}
     # Settings this strategy supports; the engine refuses other combinations with a clear message.
     settings: tuple[str, ...] = ("class-il", "task-il", "domain-il")
+    # Attributes saved by state_dict() beyond model, optimizer, generator and loop position.
+    checkpoint_attrs: tuple[str, ...] = ()
+    # Keep a frozen copy of the model as it was at the end of the previous experience (`self.previous_model`).
+    keeps_previous_model: bool = False
+    # False when the training loop is opaque (the Avalanche bridge): no per-step events, resume per run only.
+    step_events: bool = True
+    resumable: bool = True
 
     def __init__(self, model: nn.Module, params: dict, train_cfg: dict, info: StreamInfo,
                  device: torch.device, seed: int = 0):
         self.model = model.to(device)
-        self.hp = Params(params)
+        self.hp = Params(self._checked_params(params))
         self.train_cfg = train_cfg
         self.info = info
         self.device = device
         # CPU generator: minibatch order and buffer sampling are reproducible on any device.
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(seed))
         self.optimizer = self.make_optimizer()
+        self.callbacks: list[Callback] = []
         self.experience: Optional[Experience] = None
-        # Task-IL heads: row t masks the logits to task t's classes.
-        self.class_mask = torch.zeros(max(info.task_classes, default=0) + 1, info.n_classes, dtype=torch.bool,
-                                      device=device)
-        for t, classes in info.task_classes.items():
-            self.class_mask[t, classes] = True
-        self.step_callback = None   # set by the engine (progress bar, anytime evaluation)
-        self.experience_step = 0    # steps taken in the current experience (named if the loss turns non-finite)
+        self.task_classes: dict[int, list[int]] = {int(t): list(c) for t, c in info.task_classes.items()}
+        self.seen_classes: list[int] = []
+        self.previous_model: Optional[nn.Module] = None
+        self.global_step = 0                 # training steps so far, over all experiences
+        self.last_loss: Optional[Tensor] = None
+        self.loop: Optional[dict] = None     # position inside the current experience (for resuming)
+        self._logs: list[tuple[str, float]] = []
+        self._class_mask: Optional[Tensor] = None
 
-    # ----- the loop -------------------------------------------------------------------------------
+    @classmethod
+    def _checked_params(cls, params: dict) -> dict:
+        """Declared defaults, then the given values, each checked (the engine passes values already checked)."""
+        specs = getattr(cls, "hparams", {}) or {}
+        out = {k: v for k, v in (params or {}).items() if k == "name" or k not in specs}
+        for k, spec in specs.items():
+            out[k] = check_value(f"strategy.{k}", (params or {}).get(k, spec.default), spec)
+        return out
+
+    def add_callback(self, cb: Callback) -> None:
+        self.callbacks.append(cb)
+        cb.setup(self)
+
+    # ----- what the strategy knows about the stream so far ----------------------------------------
+    @property
+    def n_seen_classes(self) -> int:
+        return len(self.seen_classes)
+
+    @property
+    def current_task(self) -> Optional[int]:
+        return self.experience.task_id if self.experience is not None else None
+
+    @property
+    def class_mask(self) -> Tensor:
+        """Row t masks the logits to task t's classes (task-IL heads), from the classes known so far."""
+        if self._class_mask is None:
+            n_tasks = max([*self.task_classes, 0]) + 1
+            mask = torch.zeros(n_tasks, self.info.n_classes, dtype=torch.bool, device=self.device)
+            for t, classes in self.task_classes.items():
+                mask[t, classes] = True
+            self._class_mask = mask
+        return self._class_mask
+
+    # ----- the loop ---------------------------------------------------------------------------------
     def train(self, exp: Experience) -> None:
+        """Train on one experience start to end (what the engine does, without evaluation in between)."""
+        for _ in self.train_experience(exp):
+            pass
+
+    def train_experience(self, exp: Experience) -> Iterator[int]:
+        """Train on one experience, yielding the number of stream samples after each step.
+
+        Resumable: when `self.loop` (restored from a checkpoint) is inside this experience, training continues
+        from the saved position instead of starting over.
+        """
+        if self.loop is None or self.loop["experience"] != exp.index:
+            self.begin_experience(exp)
+        else:
+            self.experience = exp
+        data = self.training_data(exp)
+        if data is not None and not isinstance(data, TensorSplit):
+            raise PluginError(f"strategy '{type(self).__name__}' ({type(self).__module__}): hook training_data(exp) must "
+                              f"return a clbench.stream.TensorSplit or None, got a {type(data).__name__}")
+        if data is not None and len(data) > 0:
+            yield from self.fit(data)
+        self.end_experience(exp)
+
+    def begin_experience(self, exp: Experience) -> None:
         self.experience = exp
-        self.experience_step = 0
+        if exp.kind == "new" and len(exp.task_ids) == 1:
+            t = int(exp.task_ids[0])
+            self.task_classes[t] = sorted(set(self.task_classes.get(t, [])) | set(exp.classes))
+            self._class_mask = None
+        self.seen_classes = sorted(set(self.seen_classes) | set(exp.classes))
         if self.train_cfg.get("reset_optimizer", True) and exp.index > 0:
             self.optimizer = self.make_optimizer()
+        self.loop = {"experience": exp.index, "epoch": 0, "order": None, "pos": 0, "step": 0}
         self.model.train()
         self.before_experience(exp)
-        for _ in range(int(self.train_cfg["epochs"])):
-            for batch in exp.train.batches(int(self.train_cfg["batch_size"]), shuffle=True,
-                                           generator=self.generator):
-                loss = self.train_step(batch)
-                if self.step_callback is not None:
-                    self.step_callback(self, loss)
+        for cb in self.callbacks:
+            cb.before_experience(self, exp)
+
+    def fit(self, data: TensorSplit) -> Iterator[int]:
+        """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position; yields the
+        number of stream samples of each step."""
+        loop, bs = self.loop, int(self.train_cfg["batch_size"])
+        while loop["epoch"] < int(self.train_cfg["epochs"]):
+            if loop["order"] is None:     # an online split is consumed in its arrival order, never shuffled
+                loop["order"] = (torch.arange(len(data), device=data.device) if data.arrival_order else
+                                 torch.randperm(len(data), generator=self.generator).to(data.device))
+            while loop["pos"] < len(data):
+                pos = loop["order"][loop["pos"]:loop["pos"] + bs]
+                batch = data.get(pos)
+                self.step(batch)
+                loop["pos"] += len(pos)
+                yield len(pos)
+            loop["epoch"], loop["order"], loop["pos"] = loop["epoch"] + 1, None, 0
+
+    def end_experience(self, exp: Experience) -> None:
         self.after_experience(exp)
+        for cb in self.callbacks:
+            cb.after_experience(self, exp)
+        if self.keeps_previous_model:
+            self.previous_model = frozen_copy(self.model)
+        self.loop = None
+
+    def step(self, batch: Batch) -> Tensor:
+        """One training step, wrapped by the callbacks' around_step (first callback outermost)."""
+        if not self.callbacks:
+            return self.train_step(batch)
+        step = self.train_step
+        for cb in reversed(self.callbacks):
+            step = functools.partial(cb.around_step, self, step=step)
+        before = self.global_step
+        loss = step(batch)
+        if self.global_step != before + 1:
+            names = ", ".join(f"'{type(cb).__name__}' ({type(cb).__module__})" for cb in self.callbacks)
+            raise PluginError(f"callback {names}: hook around_step(strategy, batch, step) must call step(batch) exactly "
+                              f"once, but the strategy took {self.global_step - before} steps")
+        return loss
 
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(batch)
-        self.experience_step += 1
-        if not bool(torch.isfinite(loss.detach()).all()):
+        loss = self._checked_loss(self.loss(batch))
+        if self.loop is not None:
+            self.loop["step"] += 1
+        self.global_step += 1
+        if not bool(torch.isfinite(loss.detach())):
             # Fail the run: a NaN/inf loss poisons the weights and every result written after it.
-            exp = self.experience.index if self.experience is not None else "?"
-            raise RuntimeError(f"strategy {type(self).__name__} produced a non-finite training loss "
-                               f"({float(loss.detach().sum())}) in experience {exp}, step {self.experience_step}; "
-                               f"the run is stopped (lower train.lr or check the strategy's hyper-parameters)")
+            where = f"experience {self.loop['experience']}, step {self.loop['step']}" if self.loop else "a step"
+            raise TrainingDiverged(
+                f"strategy {type(self).__name__} produced a non-finite training loss ({float(loss.detach())}) in "
+                f"{where}; the run is stopped (lower train.lr or check the strategy's hyper-parameters)")
         loss.backward()
         self.after_backward(batch)
+        for cb in self.callbacks:
+            cb.after_backward(self, batch)
         self.optimizer.step()
         self.after_step(batch)
-        return loss.detach()
+        for cb in self.callbacks:
+            cb.after_step(self, batch)
+        self.last_loss = loss.detach()
+        return self.last_loss
+
+    def _checked_loss(self, loss) -> Tensor:
+        if isinstance(loss, Tensor) and loss.dim() == 0 and loss.is_floating_point():
+            return loss
+        got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor)
+               else f"a {type(loss).__name__}")
+        raise PluginError(f"strategy '{type(self).__name__}' ({type(self).__module__}): hook loss(batch) must return "
+                          f"a scalar floating-point torch.Tensor that requires grad, got {got}")
 
     # ----- hooks (override these) -----------------------------------------------------------------
     def before_experience(self, exp: Experience) -> None:
         """Called before the first minibatch of an experience."""
+
+    def training_data(self, exp: Experience) -> Optional[TensorSplit]:
+        """The data the loop trains on for this experience (its own training data by default; a strategy
+        may return its memory, the union of what it kept, or None to skip training)."""
+        return exp.train
 
     def loss(self, batch: Batch) -> Tensor:
         """The loss of one minibatch (cross-entropy by default)."""
@@ -133,9 +314,6 @@ class Strategy:
     def after_experience(self, exp: Experience) -> None:
         """Called after the last minibatch of an experience (consolidation, buffer update)."""
 
-    def after_evaluation(self, evaluator) -> None:
-        """Called after each row of R is measured (e.g. to score extra models, as CLS-ER does)."""
-
     # ----- prediction ----------------------------------------------------------------------------
     @property
     def task_aware(self) -> bool:
@@ -143,6 +321,8 @@ class Strategy:
 
     def mask_logits(self, logits: Tensor, t: Tensor) -> Tensor:
         """Keep only the logits of each sample's task (multi-head task-IL)."""
+        # task-IL declares every task's classes up front, so the mask has a row for every task (no data-dependent
+        # control flow here: this runs under torch.func.vmap for per-sample gradients)
         return logits.masked_fill(~self.class_mask[t], torch.finfo(logits.dtype).min)
 
     def forward(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
@@ -152,7 +332,10 @@ class Strategy:
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
         """Logits for evaluation. `task_id` is given only in task-IL."""
-        logits = self.eval_model()(x)
+        return self.predict_with(self.eval_model(), x, task_id)
+
+    def predict_with(self, model: nn.Module, x: Tensor, task_id: Optional[int] = None) -> Tensor:
+        logits = model(x)
         if task_id is not None:
             t = torch.full((len(x),), int(task_id), dtype=torch.long, device=x.device)
             logits = self.mask_logits(logits, t)
@@ -162,10 +345,71 @@ class Strategy:
         """The network used for evaluation (e.g. the stable EMA model in CLS-ER)."""
         return self.model
 
+    def extra_models(self) -> dict[str, nn.Module]:
+        """Other models the evaluator should score after every experience (name -> module)."""
+        return {}
+
     def make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(self.model.parameters(), self.train_cfg)
 
-    # ----- reporting ------------------------------------------------------------------------------
+    # ----- logging and reporting ------------------------------------------------------------------
+    def log(self, name: str, value) -> None:
+        """Log a scalar at the current step: it reaches the console, W&B and result.json's `logs`."""
+        self._logs.append((str(name), float(value)))
+
+    def pop_logs(self) -> list[tuple[str, float]]:
+        logs, self._logs = self._logs, []
+        return logs
+
     def extra_state(self) -> dict:
         """Numbers for result.json (buffer size and bytes, basis sizes, ...)."""
         return {}
+
+    def memory_footprint(self) -> dict:
+        """Bytes this method keeps beyond the model it trains: exemplars, model copies, other state."""
+        from clbench.buffer import Storage
+        kept = {name: getattr(self, name, None) for name in self.checkpoint_attrs}
+        if self.previous_model is not None:
+            kept["previous_model"] = self.previous_model
+        for i, cb in enumerate(self.callbacks):
+            kept.update({f"callback{i}.{n}": getattr(cb, n, None) for n in cb.checkpoint_attrs})
+        seen: set = set()
+        S.nbytes(self.model, seen)          # the trained model's own tensors are not "kept"
+        exemplars = sum(S.nbytes(v, seen) for v in kept.values() if isinstance(v, Storage))
+        models = sum(S.nbytes(v, seen) for v in kept.values() if isinstance(v, nn.Module))
+        other = sum(S.nbytes(v, seen) for v in kept.values() if not isinstance(v, (Storage, nn.Module)))
+        model_bytes = S.nbytes(self.model)
+        return {"model_bytes": model_bytes, "exemplar_bytes": exemplars, "extra_model_bytes": models,
+                "other_state_bytes": other, "kept_bytes": exemplars + models + other,
+                "total_bytes": model_bytes + exemplars + models + other}
+
+    # ----- state (resume) -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": S.pack(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "loop": S.pack(self.loop),
+            "global_step": self.global_step,
+            "task_classes": {str(t): list(c) for t, c in self.task_classes.items()},
+            "seen_classes": list(self.seen_classes),
+            "previous_model": S.pack(self.previous_model),
+            "attrs": {name: S.pack(getattr(self, name)) for name in self.checkpoint_attrs},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        S.unpack(state["model"], self.model)
+        self.optimizer = self.make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.loop = S.unpack(state["loop"], None, self.model)
+        self.global_step = int(state["global_step"])
+        self.task_classes = {int(t): list(c) for t, c in state["task_classes"].items()}
+        self._class_mask = None
+        self.seen_classes = list(state["seen_classes"])
+        self.previous_model = S.unpack(state["previous_model"], self.previous_model, self.model)
+        for name in self.checkpoint_attrs:
+            setattr(self, name, S.unpack(state["attrs"][name], getattr(self, name, None), self.model))
+        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state, self.model)

@@ -30,6 +30,8 @@ class TensorSplit:
     Several splits share the same base tensors; only the index vector is per split.
     """
 
+    arrival_order = False   # True for an online split: training consumes it in order, never shuffled
+
     def __init__(self, x: Tensor, y: Tensor, indices: Optional[Tensor] = None, task: int | Tensor = 0,
                  transform: Optional[Transform] = None):
         if indices is None:
@@ -132,6 +134,16 @@ class Experience:
     def task_id(self) -> int:
         return self.task_ids[0]
 
+    def sealed(self) -> "Experience":
+        """The experience as a strategy receives it: its training data copied out of the dataset (transforms
+        applied), so no attribute leads to other samples, future experiences or evaluation data."""
+        n = len(self.train)
+        b = self.train.get(torch.arange(n, device=self.train.device))
+        data = TensorSplit(b.x.clone(), b.y.clone(), task=b.t.clone())
+        data.arrival_order = self.train.arrival_order
+        return Experience(index=self.index, train=data, task_ids=list(self.task_ids), classes=list(self.classes),
+                          task_visible_at_test=self.task_visible_at_test, kind=self.kind)
+
 
 @dataclass
 class EvalTask:
@@ -153,6 +165,8 @@ class Stream:
     description: dict = field(default_factory=dict)
     # Row of R at which each evaluation task counts as "just learned" (default: its own experience).
     learned_at: Optional[list[int]] = None
+    # Validation tasks (eval.validation > 0): the same columns as eval_tasks, over held-out training samples.
+    val_tasks: list[EvalTask] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Experience]:
         return iter(self.experiences)
@@ -162,12 +176,12 @@ class Stream:
 
     @property
     def task_classes(self) -> dict[int, list[int]]:
-        return {t.task_id: t.classes for t in self.eval_tasks}
+        return {t.task_id: t.classes for t in (self.eval_tasks or self.val_tasks)}
 
     def learned_rows(self) -> list[int]:
         if self.learned_at is not None:
             return list(self.learned_at)
-        return list(range(len(self.eval_tasks)))
+        return list(range(len(self.eval_tasks or self.val_tasks)))
 
     def describe(self) -> dict:
         """The stream description stored in result.json."""
@@ -175,7 +189,7 @@ class Stream:
             "scenario": self.name,
             "setting": self.setting,
             "n_experiences": len(self.experiences),
-            "n_eval_tasks": len(self.eval_tasks),
+            "n_eval_tasks": len(self.eval_tasks or self.val_tasks),
             "n_classes": self.n_classes,
             "learned_at": self.learned_rows(),
             "experiences": [
@@ -194,5 +208,8 @@ class Stream:
                 for t in self.eval_tasks
             ],
         }
+        if self.val_tasks:
+            d["val_tasks"] = [{"task_id": t.task_id, "classes": list(t.classes), "n_val": len(t.test)}
+                              for t in self.val_tasks]
         d.update(self.description)
         return d

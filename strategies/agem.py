@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from clbench.buffer import ReservoirBuffer
+from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 
@@ -49,10 +50,13 @@ class AGEM(Strategy):
     """A-GEM: project the gradient so the loss on an episodic-memory batch does not increase."""
 
     description = "A-GEM: gradient projected against the average gradient on an episodic memory"
-    defaults = {
-        "mem_per_experience": 250,   # samples stored per experience (A-GEM paper, PMNIST)
-        "ref_batch_size": 256,       # memory samples for the reference gradient (A-GEM paper)
+    paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM, ICLR, arXiv:1812.00420"
+    code = "facebookresearch/agem; aimagelab/mammoth models/agem.py"
+    hparams = {
+        "mem_per_experience": HP(250, "samples stored per experience (A-GEM paper, PMNIST)", low=0),
+        "ref_batch_size": HP(256, "memory samples for the reference gradient (A-GEM paper)", low=1),
     }
+    checkpoint_attrs = ("memory", "n_projected", "n_steps")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError
+from clbench.hparams import HP, specs_from_signature
 from clbench.registry import did_you_mean
 from clbench.strategy import Strategy
 from clbench.stream import Experience
@@ -127,19 +128,6 @@ def constructor_defaults(name: str, cls: type) -> tuple[dict, list[str]]:
     return out, missing
 
 
-def _progress_plugin(bridge: "AvalancheBridge"):
-    from avalanche.core import SupervisedPlugin
-
-    class Progress(SupervisedPlugin):
-        """Forwards each training iteration's loss to clbench's loggers (progress bar, W&B)."""
-
-        def after_training_iteration(self, strategy, **kwargs):
-            if bridge.step_callback is not None:
-                bridge.step_callback(bridge, strategy.loss.detach())
-
-    return Progress()
-
-
 def _task_masked(model: torch.nn.Module, class_mask: torch.Tensor):
     """Task-IL: a multi-task module that masks the logits to each sample's task (one head per task)."""
     from avalanche.models import MultiTaskModule
@@ -165,22 +153,33 @@ class AvalancheBridge(Strategy):
 
     description = "bridge: strategy=avalanche:<Name> runs an Avalanche strategy (EWC, GEM, LwF, SI, ...)"
     settings = ("class-il", "task-il", "domain-il")
-    defaults: dict = {}
+    step_events = False     # Avalanche runs its own loop: no per-step events (anytime evaluation, step checkpoints)
+    resumable = False       # Avalanche strategies keep plugin state clbench cannot save: a killed run starts over
 
     @classmethod
-    def resolve_defaults(cls, arg: str, overrides: dict) -> dict:
-        """Called by clbench.config for `avalanche:<arg>`: the strategy's constructor arguments."""
+    def resolve_hparams(cls, arg: str, overrides: dict) -> dict:
+        """Called by clbench.config for `avalanche:<arg>`: the strategy's constructor arguments, typed from their
+        annotations and defaults (`clbench show strategy avalanche:EWC` lists them)."""
         name, av_cls = lookup(arg)
-        defaults, missing = constructor_defaults(name, av_cls)
+        values, missing = constructor_defaults(name, av_cls)
         missing = [m for m in missing if overrides.get(m) is None]
         if missing:
             raise ConfigError(f"avalanche:{arg} needs {', '.join(missing)}: set "
                               + " ".join(f"strategy.{m}=..." for m in missing))
-        return defaults
+        signature = specs_from_signature(av_cls.__init__)
+        specs = {}
+        for key, default in values.items():
+            spec = signature.get(key)
+            help_text = f"argument '{key}' of avalanche.training.{name}"
+            if spec is None or spec.type is object or default is None:
+                specs[key] = HP(default, help_text, type=object, nullable=True)
+            else:
+                specs[key] = HP(default, help_text, type=spec.type, nullable=True)
+        return specs
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.seen_classes: list[list[int]] = []
+        self.class_groups: list[list[int]] = []
         prefix, _, arg = str(self.hp.get("name", "avalanche:")).partition(":")
         self.av_name, av_cls = lookup(arg)
         options = {k: v for k, v in self.hp.items() if k != "name"}
@@ -198,7 +197,7 @@ class AvalancheBridge(Strategy):
                                  train_mb_size=int(self.train_cfg["batch_size"]),
                                  train_epochs=int(self.train_cfg["epochs"]),
                                  eval_mb_size=int(self.train_cfg["batch_size"]), device=self.device,
-                                 plugins=[_progress_plugin(self)], evaluator=EvaluationPlugin(loggers=[]),
+                                 plugins=[], evaluator=EvaluationPlugin(loggers=[]),
                                  **options)
             except TypeError as e:
                 raise ConfigError(f"bad options for avalanche:{arg}: {e}") from None
@@ -213,7 +212,7 @@ class AvalancheBridge(Strategy):
         ds = _make_taskaware_tensor_classification_dataset(x, y, targets=y, task_labels=t.tolist())
         av_exp = DatasetExperience(dataset=ds, current_experience=exp.index)
         # what Avalanche's with_task_labels / with_classes_timeline would add (no future classes: hidden)
-        seen_before = set().union(*[set(c) for c in self.seen_classes]) if self.seen_classes else set()
+        seen_before = set().union(*[set(c) for c in self.class_groups]) if self.class_groups else set()
         av_exp.task_labels = sorted(set(t.tolist()))
         av_exp.task_label = av_exp.task_labels[0]
         av_exp.classes_in_this_experience = sorted(exp.classes)
@@ -222,10 +221,12 @@ class AvalancheBridge(Strategy):
         av_exp.future_classes = []
         return av_exp
 
-    def train(self, exp: Experience) -> None:
+    def train_experience(self, exp: Experience):
+        """Avalanche's own loop over the whole experience (a generator with no per-step events)."""
         self.experience = exp
         av_exp = self.to_avalanche(exp)
-        self.seen_classes = [*self.seen_classes, list(exp.classes)]
+        self.class_groups = [*self.class_groups, list(exp.classes)]
+        self.seen_classes = sorted(set(self.seen_classes) | set(exp.classes))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -233,6 +234,8 @@ class AvalancheBridge(Strategy):
             except Exception as e:  # name the combination; keep Avalanche's traceback
                 raise RuntimeError(f"avalanche:{self.av_name} failed on experience {exp.index} of a "
                                    f"{self.info.setting} stream: {type(e).__name__}: {e}") from e
+        return
+        yield   # a generator, like Strategy.train_experience
 
     def extra_state(self) -> dict:
         import avalanche

@@ -17,7 +17,7 @@ based on Complementary Learning System", arXiv:2201.12604; follows the authors' 
 As in the code the EMA covers parameters only; BatchNorm statistics of the EMA models come from their
 own train-mode forward passes on buffer samples. The update gates draw from the strategy's seeded
 generator. `eval_model` picks the evaluated model; the other two are evaluated too after every
-experience (`after_evaluation`), and their accuracy matrices go to result.json.
+experience (declared by `extra_models`), and their accuracy matrices go to result.json's `extra_models`.
 """
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from clbench import metrics as M
 from clbench.buffer import make_buffer
-from clbench.config import ConfigError
+from clbench.hparams import HP, loguniform, uniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -39,36 +38,33 @@ class CLSER(Strategy):
     """CLS-ER: reservoir replay + consistency to the better of a plastic and a stable EMA model."""
 
     description = "CLS-ER: working model + plastic/stable EMA models with stochastic updates; consistency on replay"
-    defaults = {
-        "buffer_size": 200,                # reservoir capacity
-        "mem_batch_size": None,            # buffer samples per step (None: train.batch_size)
-        "reg_weight": 0.1,                 # lambda, weight of the consistency loss
-        "stable_update_freq": 0.7,         # r_S
-        "stable_alpha": 0.999,             # alpha_S
-        "plastic_update_freq": 0.9,        # r_P
-        "plastic_alpha": 0.999,            # alpha_P
-        "eval_model": "stable",            # stable | plastic | working
+    paper = ("Arani, Sarfraz, Zonooz 2022, Learning Fast, Learning Slow: A General Continual Learning Method "
+             "based on Complementary Learning System, ICLR, arXiv:2201.12604")
+    code = "NeurAI-Lab/CLS-ER models/clser.py"
+    hparams = {
+        "buffer_size": HP(200, "reservoir capacity", low=0),
+        "mem_batch_size": HP(None, "buffer samples per step (null: train.batch_size)", type=int, low=1),
+        "reg_weight": HP(0.1, "lambda, weight of the consistency loss", low=0, search=loguniform(0.01, 1.0)),
+        "stable_update_freq": HP(0.7, "r_S, probability of a stable-model EMA update per step", low=0, high=1,
+                                 search=uniform(0.05, 1.0)),
+        "stable_alpha": HP(0.999, "alpha_S, EMA decay of the stable model", low=0, high=1),
+        "plastic_update_freq": HP(0.9, "r_P, probability of a plastic-model EMA update per step", low=0, high=1,
+                                  search=uniform(0.05, 1.0)),
+        "plastic_alpha": HP(0.999, "alpha_P, EMA decay of the plastic model", low=0, high=1),
+        "eval_model": HP("stable", "the model evaluated as the method's answer (the others are scored too)",
+                         choices=MODELS),
     }
+    checkpoint_attrs = ("buffer", "plastic", "stable", "ema_updates")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.hp.eval_model not in MODELS:
-            raise ConfigError(f"bad value for 'strategy.eval_model': expected one of {', '.join(MODELS)}, "
-                              f"got {self.hp.eval_model!r}")
-        for key in ("stable_update_freq", "plastic_update_freq", "stable_alpha", "plastic_alpha"):
-            v = self.hp[key]
-            if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-                raise ConfigError(f"bad value for 'strategy.{key}': expected a number in [0, 1], got {v!r}")
         self.buffer = make_buffer("reservoir", self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
         self.plastic = copy.deepcopy(self.model)
         self.stable = copy.deepcopy(self.model)
         for m in (self.plastic, self.stable):
             m.requires_grad_(False)
-        self.global_step = 0
         self.ema_updates = {"plastic": 0, "stable": 0}
-        self._evaluating = None                     # set while after_evaluation scores another model
-        self.rows: dict[str, list[list[float]]] = {name: [] for name in MODELS}
 
     # ----- training -------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -96,7 +92,6 @@ class CLSER(Strategy):
 
     def after_step(self, batch: Batch) -> None:
         self.buffer.add(batch)
-        self.global_step += 1
         # 4. stochastic EMA updates (plastic first, as in the code), gates drawn from the seeded generator
         for name, model in (("plastic", self.plastic), ("stable", self.stable)):
             if float(torch.rand(1, generator=self.generator)) < float(self.hp[f"{name}_update_freq"]):
@@ -114,20 +109,12 @@ class CLSER(Strategy):
         return {"stable": self.stable, "plastic": self.plastic, "working": self.model}
 
     def eval_model(self) -> torch.nn.Module:
-        return self.models()[self._evaluating or self.hp.eval_model]
+        return self.models()[self.hp.eval_model]
 
-    def after_evaluation(self, evaluator) -> None:
-        """Called by the engine after each experience's evaluation: score all three models."""
-        for name in MODELS:
-            self._evaluating = name
-            try:
-                self.rows[name].append(evaluator.evaluate(self).acc)
-            finally:
-                self._evaluating = None
+    def extra_models(self) -> dict[str, torch.nn.Module]:
+        """The two models not evaluated as the answer: the evaluator scores them too (result.json extra_models)."""
+        return {name: m for name, m in self.models().items() if name != self.hp.eval_model}
 
     def extra_state(self) -> dict:
-        per_model = {name: {"accuracy_matrix": rows, "acc": M.acc(rows) if rows else None,
-                            "bwt": M.bwt(rows) if len(rows) > 1 else None}
-                     for name, rows in self.rows.items()}
-        return {"buffer": self.buffer.state(), "eval_model": self.hp.eval_model, "models": per_model,
+        return {"buffer": self.buffer.state(), "eval_model": self.hp.eval_model,
                 "global_step": self.global_step, "ema_updates": dict(self.ema_updates)}

@@ -5,24 +5,32 @@ learns incrementally and has a meaningful R row after every experience). As in A
 """
 from __future__ import annotations
 
-from clbench.strategies.joint import union_experience
+import torch
+
+from clbench.strategies.joint import union_split
 from clbench.strategy import Strategy
-from clbench.stream import Experience
+from clbench.stream import Experience, TensorSplit
 
 
 class Cumulative(Strategy):
     """Fine-tuning on the union of all experiences seen so far (no re-initialisation)."""
 
     description = "trains on the union of all experiences seen so far, continuing from the current model"
-    defaults: dict = {}
+    hparams: dict = {}
+    checkpoint_attrs = ("seen",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.seen: list[Experience] = []
+        self.seen: list[dict] = []      # every experience's training data (x, y, t), kept by the strategy
 
-    def train(self, exp: Experience) -> None:
-        self.seen.append(exp)
-        super().train(union_experience(self.seen))
+    def before_experience(self, exp: Experience) -> None:
+        # 1. keep this experience's data (the strategy's own copy)
+        b = exp.train.get(torch.arange(len(exp.train), device=exp.train.device))
+        self.seen.append({"x": b.x, "y": b.y, "t": b.t})
+
+    def training_data(self, exp: Experience) -> TensorSplit:
+        # 2. train on the union of everything seen so far, continuing from the current model
+        return union_split(self.seen)
 
     def extra_state(self) -> dict:
-        return {"stored_samples": sum(len(e.train) for e in self.seen)}
+        return {"stored_samples": sum(len(d["y"]) for d in self.seen)}

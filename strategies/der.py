@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clbench.buffer import make_buffer
+from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -28,11 +29,15 @@ class DER(Strategy):
     """Dark Experience Replay: reservoir buffer of (x, logits at insertion), logit matching (MSE)."""
 
     description = "dark experience replay: replays the logits stored when each sample entered the buffer"
-    defaults = {
-        "buffer_size": 500,        # samples kept in memory, over all tasks
-        "alpha": 0.3,              # weight of the logit-matching term (Mammoth seq-cifar10, buffer 500)
-        "mem_batch_size": None,    # memory samples per step (None: same as train.batch_size)
+    paper = "Buzzega et al. 2020, Dark Experience for General Continual Learning, NeurIPS, arXiv:2004.07211"
+    code = "aimagelab/mammoth models/der.py"
+    hparams = {
+        "buffer_size": HP(500, "samples kept in memory, over all tasks", low=0),
+        "alpha": HP(0.3, "weight of the logit-matching term (Mammoth seq-cifar10, buffer 500)", low=0,
+                    search=loguniform(0.01, 10)),
+        "mem_batch_size": HP(None, "memory samples per step (null: same as train.batch_size)", type=int, low=1),
     }
+    checkpoint_attrs = ("buffer",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from clbench.hparams import HP, loguniform
 from clbench.strategies.der import DER
 
 
@@ -21,10 +22,11 @@ class DERpp(DER):
     """DER++: DER plus cross-entropy on an independent buffer sample."""
 
     description = "DER++: logit replay (MSE) plus label replay (CE) on a second, independent buffer sample"
-    defaults = {
-        **DER.defaults,
-        "alpha": 0.2,              # Mammoth seq-cifar10, buffer 500
-        "beta": 0.5,
+    hparams = {
+        **DER.hparams,
+        "alpha": HP(0.2, "weight of the logit-matching term (Mammoth seq-cifar10, buffer 500)", low=0,
+                    search=loguniform(0.01, 10)),
+        "beta": HP(0.5, "weight of the label-replay term", low=0, search=loguniform(0.01, 10)),
     }
 
     def extra_replay_loss(self) -> Tensor | float:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clbench.config import ConfigError
+from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 
@@ -65,17 +65,20 @@ class EWC(Strategy):
     """EWC (separate penalty per past experience) or online EWC (one decayed Fisher, one anchor)."""
 
     description = "elastic weight consolidation: Fisher-weighted quadratic penalty (mode: separate | online)"
-    defaults = {
-        "ewc_lambda": 10.0,    # penalty weight (A-GEM repo, PMNIST); Mammoth oEWC uses 0.7 on P-MNIST
-        "mode": "separate",    # separate (Kirkpatrick 2017) or online (Schwarz 2018)
-        "gamma": 1.0,          # online mode: decay of the accumulated Fisher (Mammoth: 1.0)
-        "fisher_samples": None,  # samples of each experience used for the Fisher (None: all)
+    paper = ("Kirkpatrick et al. 2017, Overcoming catastrophic forgetting in neural networks, PNAS; "
+             "Schwarz et al. 2018, Progress & Compress, ICML")
+    code = "aimagelab/mammoth models/ewc_on.py"
+    hparams = {
+        "ewc_lambda": HP(10.0, "penalty weight (A-GEM repo, PMNIST); Mammoth oEWC uses 0.7 on P-MNIST", low=0,
+                         search=loguniform(0.1, 1000)),
+        "mode": HP("separate", "separate (Kirkpatrick 2017) or online (Schwarz 2018)", choices=("separate", "online")),
+        "gamma": HP(1.0, "online mode: decay of the accumulated Fisher (Mammoth: 1.0)", low=0, high=1),
+        "fisher_samples": HP(None, "samples of each experience used for the Fisher (null: all)", type=int, low=1),
     }
+    checkpoint_attrs = ("anchors",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.hp.mode not in ("separate", "online"):
-            raise ConfigError(f"bad value for 'strategy.mode': {self.hp.mode!r}; valid choices: separate, online")
         self.anchors: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []  # (Fisher, theta*) pairs
 
     def penalty(self) -> Tensor:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from clbench.buffer import make_buffer
+from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Experience, TensorSplit
 
@@ -32,9 +33,12 @@ class GDumb(Strategy):
     """GDumb: greedy class-balanced memory, model retrained from scratch on it after every experience."""
 
     description = "GDumb: greedy class-balanced memory; retrains from scratch on the memory only"
-    defaults = {
-        "buffer_size": 500,    # memory size (GDumb reports MNIST with k = 300..4400)
+    paper = "Prabhu, Torr, Dokania 2020, GDumb: A Simple Approach that Questions Our Progress in CL, ECCV"
+    code = "drimpossible/GDumb"
+    hparams = {
+        "buffer_size": HP(500, "memory size (GDumb reports MNIST with k = 300..4400)", low=1),
     }
+    checkpoint_attrs = ("buffer", "retrained")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -43,20 +47,19 @@ class GDumb(Strategy):
         self.initial_state = copy.deepcopy(self.model.state_dict())
         self.retrained = 0
 
-    def train(self, exp: Experience) -> None:
+    def before_experience(self, exp: Experience) -> None:
         # 1. greedy class-balanced sampling of the experience, in stream order (shuffled minibatches)
         for batch in exp.train.batches(int(self.train_cfg["batch_size"]), shuffle=True, generator=self.generator):
             self.buffer.add(batch)
         # 2. from scratch: initial weights, fresh optimizer
         self.model.load_state_dict(self.initial_state)
         self.optimizer = self.make_optimizer()
-        # 3. train on the memory alone (the standard loop over a split built from the memory)
-        mem = self.buffer.contents()
-        memory = Experience(index=exp.index, train=TensorSplit(mem["x"], mem["y"], task=mem["t"]),
-                            task_ids=sorted(set(mem["t"].tolist())), classes=sorted(set(mem["y"].tolist())),
-                            task_visible_at_test=exp.task_visible_at_test, kind="memory")
-        super().train(memory)
         self.retrained += 1
+
+    def training_data(self, exp: Experience) -> TensorSplit:
+        # 3. train on the memory alone
+        mem = self.buffer.contents()
+        return TensorSplit(mem["x"], mem["y"], task=mem["t"])
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
         logits = super().predict(x, task_id)

@@ -21,6 +21,7 @@ from clbench.config import ConfigError
 from clbench.projection import (InputRecorder, UpdateProjector, freeze_batchnorm_stats, input_dim,
                                 one_dim_params, optimizer_has_state, per_layer, project_off,
                                 require_bias_free, weight_layers)
+from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 
@@ -59,13 +60,19 @@ class GPM(Strategy):
     """Gradient Projection Memory: gradients projected off SVD bases of old tasks' layer inputs."""
 
     description = "GPM: per-layer SVD bases of old inputs; gradients (and updates) projected off them"
-    defaults = {
-        "threshold": [0.95, 0.99, 0.99],  # eps_l per weight layer (one number: all layers); PMNIST values
-        "threshold_increment": 0.0,       # eps_l + increment*(t-1) for task t (CIFAR-100: 0.97 + 0.003 (t-1))
-        "n_samples": 300,                 # training samples of a task forwarded to build R_l (PMNIST 300)
-        "conv_samples": None,             # per-conv-layer cap on images whose patches enter R_l (CIFAR: [24,100,100,125,125])
-        "project_head": "auto",           # project the classifier too; auto: yes unless task-IL (multi-head)
+    paper = "Saha, Garg, Roy 2021, Gradient Projection Memory for Continual Learning, ICLR"
+    code = "sahagobinda/GPM"
+    hparams = {
+        "threshold": HP([0.95, 0.99, 0.99], "eps_l per weight layer (one number: all layers); PMNIST values",
+                        type=(float, list), items=float, low=0, high=1),
+        "threshold_increment": HP(0.0, "eps_l + increment*(t-1) for task t (CIFAR-100: 0.97 + 0.003 (t-1))", low=0),
+        "n_samples": HP(300, "training samples of a task forwarded to build R_l (PMNIST 300)", low=1),
+        "conv_samples": HP(None, "per-conv-layer cap on images whose patches enter R_l (CIFAR: [24,100,100,125,125])",
+                           type=(int, list), items=int, low=1),
+        "project_head": HP("auto", "project the classifier too; auto: yes unless task-IL (multi-head)",
+                           choices=(True, False, "auto")),
     }
+    checkpoint_attrs = ("bases", "n_tasks", "history")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,8 +81,6 @@ class GPM(Strategy):
             raise ConfigError("strategy 'gpm' found no nn.Linear/nn.Conv2d layer in the model")
         thresholds = per_layer(self.hp.threshold, all_layers, "strategy.threshold")
         head = self.hp.project_head
-        if head not in (True, False, "auto"):
-            raise ConfigError(f"bad value for 'strategy.project_head': expected true, false or auto, got {head!r}")
         if head is False or (head == "auto" and self.task_aware):
             # multi-head (task-IL): each task's head rows only get gradients from that task; GPM leaves heads free
             all_layers, thresholds = all_layers[:-1], thresholds[:-1]

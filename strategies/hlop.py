@@ -38,6 +38,7 @@ from clbench.config import ConfigError
 from clbench.projection import (InputRecorder, UpdateProjector, freeze_batchnorm_stats, input_dim,
                                 one_dim_params, optimizer_has_state, per_layer, project_off,
                                 require_bias_free, weight_layers)
+from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 
@@ -71,6 +72,12 @@ class HebbianSubspace:
 
     def merge(self) -> None:
         self.n_old = self.H.shape[0]
+
+    def state_dict(self) -> dict:
+        return {"H": self.H.clone(), "V": self.V.clone(), "n_old": self.n_old}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.H, self.V, self.n_old = state["H"].to(self.H.device), state["V"].to(self.V.device), int(state["n_old"])
 
     @property
     def old(self) -> torch.Tensor:
@@ -107,16 +114,23 @@ class HLOP(Strategy):
     description = "HLOP: Oja/anti-Hebbian lateral subspace neurons per layer; gradients from the residual input"
     # Sizes scaled from the official PMNIST run (800-800 SNN: [80,200,100] then +[70,70,70], -20 every 3 tasks)
     # to an MLP with 100 hidden units (methods.md 2.2 (d)).
-    defaults = {
-        "n_initial": [60, 20, 20],        # lateral neurons per weight layer for the first task
-        "n_added": [40, 10, 10],          # neurons added per layer at each later task
-        "reduce_every": 3,                # every this many tasks ...
-        "reduce_by": [10, 2, 2],          # ... n_added shrinks by this much (official: 20 every 3 tasks)
-        "hebb_lr": [0.001, 0.01, 0.01],   # Hebbian learning rate per layer (official: 0.001 input, 0.01 hidden)
-        "hebb_iterations": 5,             # Hebbian iterations per batch
-        "hebb_momentum": 0.9,
-        "project_head": "auto",           # project the classifier too; auto: yes unless task-IL (multi-head)
+    paper = "Xiao et al. 2024, Hebbian Learning based Orthogonal Projection for Continual Learning, ICLR"
+    code = "pkuxmq/HLOP-SNN"
+    hparams = {
+        "n_initial": HP([60, 20, 20], "lateral neurons per weight layer for the first task (one number: all layers)",
+                        type=(int, list), items=int, low=0),
+        "n_added": HP([40, 10, 10], "neurons added per layer at each later task", type=(int, list), items=int, low=0),
+        "reduce_every": HP(3, "every this many tasks, n_added shrinks by reduce_by (0: never)", low=0),
+        "reduce_by": HP([10, 2, 2], "shrinkage of n_added (official: 20 every 3 tasks)", type=(int, list), items=int,
+                        low=0),
+        "hebb_lr": HP([0.001, 0.01, 0.01], "Hebbian learning rate per layer (official: 0.001 input, 0.01 hidden)",
+                      type=(float, list), items=float, gt=0),
+        "hebb_iterations": HP(5, "Hebbian iterations per batch", low=1),
+        "hebb_momentum": HP(0.9, "momentum of the Hebbian updates", low=0, high=1),
+        "project_head": HP("auto", "project the classifier too; auto: yes unless task-IL (multi-head)",
+                           choices=(True, False, "auto")),
     }
+    checkpoint_attrs = ("subspaces", "n_tasks", "added", "history")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -126,8 +140,6 @@ class HLOP(Strategy):
         keys = ("n_initial", "n_added", "reduce_by", "hebb_lr")
         values = {k: per_layer(self.hp[k], layers, f"strategy.{k}", float if k == "hebb_lr" else int) for k in keys}
         head = self.hp.project_head
-        if head not in (True, False, "auto"):
-            raise ConfigError(f"bad value for 'strategy.project_head': expected true, false or auto, got {head!r}")
         if head is False or (head == "auto" and self.task_aware):
             layers, values = layers[:-1], {k: v[:-1] for k, v in values.items()}
         require_bias_free(layers, "hlop")

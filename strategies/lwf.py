@@ -16,13 +16,11 @@ smoothed-softmax variant. Old classes: the classes of past experiences (all clas
 """
 from __future__ import annotations
 
-import copy
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 
@@ -38,19 +36,18 @@ class LwF(Strategy):
     """Learning without forgetting: distil the previous model's outputs on the new data."""
 
     description = "learning without forgetting: knowledge distillation from the previous model on new data"
-    defaults = {
-        "alpha": 1.0,          # weight of the distillation term (Mammoth seq-mnist)
-        "temperature": 2.0,    # softmax temperature T (paper, Mammoth)
+    paper = "Li & Hoiem 2017, Learning without Forgetting, TPAMI, arXiv:1606.09282"
+    code = "aimagelab/mammoth models/lwf.py"
+    hparams = {
+        "alpha": HP(1.0, "weight of the distillation term (Mammoth seq-mnist)", low=0, search=loguniform(0.01, 100)),
+        "temperature": HP(2.0, "softmax temperature T (paper, Mammoth)", gt=0),
     }
+    keeps_previous_model = True     # self.previous_model: the teacher, frozen at the end of each experience
+    checkpoint_attrs = ("old_classes",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.old_model: Optional[nn.Module] = None
         self.old_classes: list[int] = []
-        self.seen_classes: list[int] = []
-
-    def before_experience(self, exp: Experience) -> None:
-        self.seen_classes = sorted(set(self.seen_classes) | set(exp.classes))
 
     def loss(self, batch: Batch) -> Tensor:
         raw = self.model(batch.x)
@@ -58,21 +55,18 @@ class LwF(Strategy):
         # 1. cross-entropy over the classes seen so far (unseen heads get no gradient)
         seen = torch.tensor(self.seen_classes, device=logits.device)
         ce = F.cross_entropy(logits[:, seen], torch.searchsorted(seen, batch.y))
-        if self.old_model is None or not self.old_classes:
+        if self.previous_model is None or not self.old_classes:
             return ce
         # 2. distillation towards the old model on the same inputs, over the old classes
         old = torch.tensor(self.old_classes, device=logits.device)
         with torch.no_grad():
-            target = self.old_model(batch.x)[:, old]
+            target = self.previous_model(batch.x)[:, old]
         return ce + float(self.hp.alpha) * distillation(raw[:, old], target, float(self.hp.temperature))
 
     def after_experience(self, exp: Experience) -> None:
-        # 3. freeze a copy of the model as the next experience's teacher
-        self.old_model = copy.deepcopy(self.model).eval()
-        for p in self.old_model.parameters():
-            p.requires_grad_(False)
+        # 3. the model as it is now becomes the next experience's teacher (kept by the base class)
         self.old_classes = list(self.seen_classes)
 
     def extra_state(self) -> dict:
-        n = sum(p.numel() * p.element_size() for p in self.old_model.parameters()) if self.old_model else 0
+        n = sum(p.numel() * p.element_size() for p in self.previous_model.parameters()) if self.previous_model else 0
         return {"teacher_bytes": n}

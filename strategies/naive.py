@@ -6,4 +6,4 @@ class Naive(Strategy):
     """Fine-tuning on each experience, nothing against forgetting (lower bound)."""
 
     description = "fine-tuning on each experience in turn; nothing against forgetting (lower bound)"
-    defaults: dict = {}
+    hparams: dict = {}

@@ -19,6 +19,7 @@ import torch
 
 from clbench.config import ConfigError
 from clbench.projection import InputRecorder, input_dim, optimizer_has_state, require_bias_free, weight_layers
+from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -27,10 +28,13 @@ class OWM(Strategy):
     """Orthogonal Weights Modification: gradients multiplied by a per-layer RLS projector of all past inputs."""
 
     description = "OWM: per-layer recursive-least-squares projector of past inputs applied to every gradient"
-    defaults = {
-        "alpha": 1.0,            # P = I/alpha at the start (official shuffled-MNIST run: 1.0)
-        "norm_penalty": 1e-3,    # weight on sum_l ||W_l||_F added to the loss (official: 1e-3)
+    paper = "Zeng, Chen, Cui, Yu 2019, Continual learning of context-dependent processing in neural networks, NMI"
+    code = "beijixiong3510/OWM"
+    hparams = {
+        "alpha": HP(1.0, "P = I/alpha at the start (official shuffled-MNIST run: 1.0)", gt=0),
+        "norm_penalty": HP(1e-3, "weight on sum_l ||W_l||_F added to the loss (official: 1e-3)", low=0),
     }
+    checkpoint_attrs = ("P",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -42,8 +46,6 @@ class OWM(Strategy):
             raise ConfigError("strategy 'owm' multiplies each gradient by its projector and takes a plain step: "
                               "use train.optimizer=sgd with train.momentum=0 and train.weight_decay=0")
         alpha = float(self.hp.alpha)
-        if alpha <= 0:
-            raise ConfigError(f"bad value for 'strategy.alpha': expected a number > 0, got {alpha}")
         self.P = {n: torch.eye(input_dim(m), device=self.device) / alpha for n, m in self.layers}
         self.recorder = InputRecorder(self.layers)
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from clbench.buffer import make_buffer
+from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -20,11 +21,15 @@ class Replay(Strategy):
     """Experience replay (ER, reservoir buffer, memory batch concatenated with the current batch)."""
 
     description = "experience replay: reservoir (or class-balanced) buffer, memory batch concatenated with each minibatch"
-    defaults = {
-        "buffer_size": 200,        # samples kept in memory, over all tasks
-        "buffer": "reservoir",     # insertion policy: reservoir (Chaudhry et al.) or class_balanced (CBRS)
-        "mem_batch_size": None,    # memory samples per step (None: same as train.batch_size)
+    paper = "Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning, arXiv:1902.10486"
+    code = "facebookresearch/agem (ER)"
+    hparams = {
+        "buffer_size": HP(200, "samples kept in memory, over all tasks", low=0),
+        "buffer": HP("reservoir", "insertion policy: reservoir (Chaudhry et al.) or class_balanced (CBRS)",
+                     choices=("reservoir", "class_balanced")),
+        "mem_batch_size": HP(None, "memory samples per step (null: same as train.batch_size)", type=int, low=1),
     }
+    checkpoint_attrs = ("buffer",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 
@@ -29,11 +30,14 @@ class SI(Strategy):
     """Synaptic intelligence: per-parameter importance from the path integral of the loss."""
 
     description = "synaptic intelligence: quadratic penalty weighted by each parameter's path-integral importance"
-    defaults = {
-        "si_c": 0.5,       # penalty strength c (Mammoth perm-mnist / seq-cifar10)
-        "xi": 1.0,         # damping of the importance denominator (Mammoth)
-        "clip_grad": 1.0,  # clip gradients to +-clip_grad (Mammoth); null disables
+    paper = "Zenke, Poole, Ganguli 2017, Continual Learning Through Synaptic Intelligence, ICML"
+    code = "aimagelab/mammoth models/si.py"
+    hparams = {
+        "si_c": HP(0.5, "penalty strength c (Mammoth perm-mnist / seq-cifar10)", low=0, search=loguniform(0.01, 10)),
+        "xi": HP(1.0, "damping of the importance denominator (Mammoth)", gt=0),
+        "clip_grad": HP(1.0, "clip gradients to +-clip_grad (Mammoth); null disables", nullable=True, gt=0),
     }
+    checkpoint_attrs = ("theta_prev", "omega", "big_omega")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

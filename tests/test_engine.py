@@ -76,11 +76,22 @@ class Boom(Strategy):
         return super().loss(batch)
 
 
-def test_a_crashing_run_leaves_nothing_half_written(tmp_path):
+def test_a_crashing_run_leaves_no_result_and_resumes_once_fixed(tmp_path):
     STRATEGIES.register("boom_test", Boom)
+    Boom.steps = 0
+    args = [f"out={tmp_path}", "strategy=boom_test", *FAST[:-2], "wandb.mode=offline", "device=cpu"]
     with pytest.raises(RuntimeError, match="boom"):
-        run([f"out={tmp_path}", "strategy=boom_test", *FAST[:-2], "wandb.mode=offline", "device=cpu"], console=False)
-    assert list(tmp_path.iterdir()) == []          # no run folder, no .partial, no W&B leftovers
+        run(args, console=False)
+    # no run folder and no result anywhere: only the hidden working folder, holding the checkpoint of experience 0
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert not list(tmp_path.rglob("result.json"))
+    assert len(list(tmp_path.glob(".*.partial/checkpoint.pt"))) == 1
+    # the bug fixed (the class no longer fails), the same command resumes after experience 0 and finishes
+    Boom.steps = -10**9
+    result, path = run(args, console=False)
+    assert result["timing"]["segments"] == 2 and (path / "result.json").is_file()
+    assert not list(tmp_path.glob(".*.partial"))
+    STRATEGIES.unregister("boom_test")
 
 
 def test_builtins_are_discovered_through_entry_points():
@@ -99,7 +110,8 @@ def test_builtins_are_discovered_through_entry_points():
 def test_anytime_evaluation_records_curves_without_changing_training(tmp_path):
     plain, _ = run([f"out={tmp_path}", *FAST, "strategy=naive"], console=False)
     every = 10
-    r, _ = run([f"out={tmp_path}", *FAST, "strategy=naive", f"eval.every_steps={every}"], console=False)
+    r, _ = run([f"out={tmp_path}", *FAST, "strategy=naive", f"eval.every_steps={every}",
+                "eval.anytime_accuracy=seen_tasks"], console=False)   # the v1 rule, still nameable
     assert r["accuracy_matrix"] == plain["accuracy_matrix"]      # evaluation does not perturb training
     a = r["anytime"]
     total_steps = a["row_steps"][-1]
@@ -134,11 +146,12 @@ def test_intransigence_against_a_joint_reference_run(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_wrapper_gets_its_base_strategy_preset():
-    # refresh(derpp) on split-mnist must use derpp's tuned preset, as plain derpp does
+def test_a_callback_keeps_the_strategy_preset():
+    # derpp with the refresh callback on split-mnist uses derpp's tuned preset, as plain derpp does
     from clbench.config import compose
     plain = compose(["benchmark=split-mnist", "strategy=derpp"])["strategy"]
-    wrapped = compose(["benchmark=split-mnist", "strategy=refresh", "strategy.base=derpp"])["strategy"]
-    for key in ("buffer_size", "alpha", "beta", "mem_batch_size"):
-        assert wrapped[key] == plain[key]
-    assert wrapped["buffer_size"] == 500  # the preset's value, not derpp's class default
+    wrapped = compose(["benchmark=split-mnist", "strategy=derpp", "callbacks=[refresh]"])
+    assert wrapped["strategy"] == plain and plain["buffer_size"] == 500   # the preset's value, not the default
+    assert set(wrapped["callbacks"]) == {"refresh"}
+
+

@@ -226,10 +226,9 @@ def test_lwf_distills_from_the_frozen_old_model():
     s, exps = r.strategy, list(r.stream)
     s.train(exps[0])
     old = copy.deepcopy(s.model.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(s.old_model.state_dict().values(), old.values()))
-    assert all(not p.requires_grad for p in s.old_model.parameters())
-    s.experience = exps[1]
-    s.before_experience(exps[1])
+    assert all(torch.equal(a, b) for a, b in zip(s.previous_model.state_dict().values(), old.values()))
+    assert all(not p.requires_grad for p in s.previous_model.parameters())
+    s.begin_experience(exps[1])
     batch = exps[1].train.get(torch.arange(16))
     # model == teacher: the distillation term is zero, the loss is the cross-entropy over seen classes
     seen = torch.tensor(s.seen_classes)
@@ -238,7 +237,7 @@ def test_lwf_distills_from_the_frozen_old_model():
     for _ in range(3):
         s.train_step(batch)
     # training moved the student, not the teacher; the term is now positive
-    assert all(torch.equal(a, b) for a, b in zip(s.old_model.state_dict().values(), old.values()))
+    assert all(torch.equal(a, b) for a, b in zip(s.previous_model.state_dict().values(), old.values()))
     ce = F.cross_entropy(s.model(batch.x)[:, seen], torch.searchsorted(seen, batch.y))
     assert float(s.loss(batch).detach()) > float(ce.detach()) + 1e-6
 
@@ -249,7 +248,8 @@ def test_gdumb_balanced_memory_and_retrains_from_scratch():
     s, exps = r.strategy, list(r.stream)
     initial = flat(s.model)
     starts = []
-    s.before_experience = lambda exp: starts.append((flat(s.model), len(exp.train)))
+    data = s.training_data
+    s.training_data = lambda exp: (lambda d: (starts.append((flat(s.model), len(d))), d)[1])(data(exp))
     for e in exps[:3]:
         s.train(e)
     counts = s.buffer.counts()
@@ -270,7 +270,8 @@ def test_joint_trains_once_on_the_union_and_cumulative_on_the_prefix():
     assert s.trained_at == [len(r.stream) - 1]
     assert s.extra_state()["union_size"] == sum(len(e.train) for e in r.stream)
     c = make("cumulative").strategy
-    c.before_experience = lambda exp: seen.append(len(exp.train))
+    data = c.training_data
+    c.training_data = lambda exp: (lambda d: (seen.append(len(d)), d)[1])(data(exp))
     for e in make("cumulative").stream:
         c.train(e)
     sizes = [len(e.train) for e in r.stream]

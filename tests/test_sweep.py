@@ -201,15 +201,15 @@ def test_resume_reruns_only_the_missing_run(local_sweep):
 
 def test_failing_run_is_reported_and_the_rest_finish(tmp_path, capsys):
     out = tmp_path / "fail"
-    # buffer_size=-1 passes config composition but the strategy rejects it when the run starts
-    rc = main(["sweep", *FAST, "strategy=replay", "strategy.buffer_size=-1,20", "seed=0", f"out={out}"])
+    # Adam passes config composition but OWM rejects an optimizer with state when the run starts
+    rc = main(["sweep", *FAST, "strategy=owm", "model.bias=false", "train.optimizer=adam,sgd", "seed=0", f"out={out}"])
     assert rc == 1
     manifest = json.loads((out / MANIFEST).read_text())
     bad, good = manifest["runs"]
-    assert bad["status"] == "failed" and "strategy.buffer_size" in bad["error"]
+    assert bad["status"] == "failed" and "train.optimizer" in bad["error"]
     assert good["status"] == "done" and is_complete(out / good["run_id"])
     tb = (out / bad["traceback_file"]).read_text()
-    assert "Traceback" in tb and "strategy.buffer_size=-1" in tb
+    assert "Traceback" in tb and "train.optimizer=adam" in tb
     assert not (out / bad["run_id"]).exists() and not list(out.glob(".*.partial"))
     printed = capsys.readouterr().out
     assert "FAILED" in printed and "1 failed" in printed

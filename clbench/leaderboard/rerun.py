@@ -5,7 +5,8 @@
 JOBS.json is a list of {"seed", "cfg", "threads", "isa"} written by verify.py (the configs are already
 rebuilt with the verifier's device, data root and a temporary output folder; the parent pins the CPU
 instruction set through this process's environment). Each finished seed appends one line {"seed", "inputs",
-"acc", "threads", "cpu_capability", "wall_s"} (or {"seed", "error"}) to OUT.jsonl, so a time limit that
+"acc", "threads", "cpu_capability", "modules"
+(the code that re-ran, as its provenance recorded it), "wall_s"} (or {"seed", "error"}) to OUT.jsonl, so a time limit that
 kills this process keeps the seeds that finished. Running in a child lets the parent enforce the limit.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
             continue
         _append(out, {"seed": job["seed"], "inputs": seed_inputs(result), "acc": result["metrics"].get("acc"),
                       "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                      "wall_s": time.perf_counter() - t0})
+                      "modules": result["provenance"]["modules"], "wall_s": time.perf_counter() - t0})
     return 0
 
 

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Optional
 
 from clbench import metrics as M
-from clbench.config import benchmark_names, config_hash, load_benchmark
+from clbench.config import benchmark_names, compose, config_hash, load_benchmark, section_specs
 from clbench.errors import SubmissionError
 from clbench.escape import one_line
+from clbench.hparams import check_section
 from clbench.leaderboard.submission import (MIN_SEEDS, load_submission, method_slug, result_digest, run_config,
                                             seed_metrics, sha256)
 from clbench.schema import METRIC_TOL, SUBMISSION_VERSION, metrics_disagree, schema_errors
@@ -96,6 +97,15 @@ def _run_shape(run: dict, expected: dict, label: str) -> list[ValidationIssue]:
     return [ValidationIssue("shape", f"{label}: {i}") for i in issues]
 
 
+def _filled(cfg: dict, section: str):
+    """A config section with its declared defaults filled in (unchanged when it cannot be checked)."""
+    values = cfg.get(section) or {}
+    try:
+        return check_section(section, values, section_specs(cfg, section))
+    except Exception:   # an untrusted section that does not check: compared as written (and then differs)
+        return values
+
+
 def validate_submission(sub) -> list[ValidationIssue]:
     """All problems found in a parsed submission (an empty list means it is valid)."""
     if isinstance(sub, dict) and isinstance(sub.get("submission_schema"), int) \
@@ -113,10 +123,14 @@ def validate_submission(sub) -> list[ValidationIssue]:
     if shipped is None:
         return [ValidationIssue("benchmark", why)]
     expected = shipped["expected_stream"]
+    # the protocol as the config composes it, both sides with their declared defaults filled in (a key left
+    # out means its default), never the raw YAML
+    resolved = compose([f"benchmark={bench['name']}"])
     for section in PROTOCOL_SECTIONS:
-        if (shipped.get(section) or {}) != cfg[section]:
+        if _filled(resolved, section) != _filled(cfg, section):
             issues.append(ValidationIssue("protocol", f"config.{section} differs from the shipped benchmark "
-                                                      f"'{bench['name']}': {cfg[section]} != {shipped.get(section)}"))
+                                                      f"'{bench['name']}': {one_line(cfg[section], 300)} != "
+                                                      f"{resolved.get(section)}"))
     if cfg["eval"].get("reference") is not None:
         issues.append(ValidationIssue("protocol", "config.eval.reference names a file on the submitter's machine; a "
                                                   "leaderboard entry must re-run without it (set it to null)"))

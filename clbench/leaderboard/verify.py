@@ -51,8 +51,7 @@ from clbench.config import config_hash
 from clbench.config import validate as validate_config
 from clbench.errors import SubmissionError, bad_value
 from clbench.escape import one_line
-from clbench.leaderboard.submission import (MEASURED, load_submission, run_config, strategy_sources,
-                                            submission_digest)
+from clbench.leaderboard.submission import MEASURED, load_submission, run_config, submission_digest
 from clbench.leaderboard.validate import validate_file
 from clbench.results import ensure_writable_dir, environment, git_commit, write_json_atomic
 from clbench.schema import MAX_RECORD_BYTES, VERIFICATION_VERSION, read_json, schema, schema_errors
@@ -267,9 +266,10 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
                                                           "cpu_capability": line.get("cpu_capability")})
         per_seed.append(entry)
 
-    sources_now = strategy_sources(sub["method"]["strategy"])
-    mismatch = sorted(k for k in set(sources_now) | set(sub["method"]["sources"])
-                      if sources_now.get(k) != sub["method"]["sources"].get(k))
+    # code identity: the modules the re-run recorded itself (clbench.provenance), against the submitted ones
+    sources_now = next((lines[s]["modules"] for s in chosen if "modules" in (lines.get(s) or {})), None)
+    mismatch = [] if sources_now is None else sorted(
+        k for k in set(sources_now) | set(sub["method"]["sources"]) if sources_now.get(k) != sub["method"]["sources"].get(k))
     record = {
         "record_schema": VERIFICATION_VERSION,
         "submission_id": sub["id"],
@@ -282,7 +282,7 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
         "tolerance_rule": rule,
         "environment": {**mine, "torch": torch.__version__},
         "clbench_commit": git_commit(),
-        "source_match": not mismatch,
+        "source_match": sources_now is not None and not mismatch,
         "source_mismatch": mismatch,
         "wall_s": round(wall, 3),
         "seeds": per_seed,
