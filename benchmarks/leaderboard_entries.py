@@ -29,6 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
+from clbench.escape import slug   # run folder names
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
 DIGITS_STRATEGIES = ["naive", "replay", "joint", "cumulative", "agem", "der", "derpp", "ewc", "si", "lwf",
@@ -42,10 +44,6 @@ ENTRIES = (
     + [("split-mnist", s, [], None) for s in ("naive", "replay", "der", "ewc", "joint")]
     + [("permuted-mnist", s, ["train.epochs=1"], None) for s in ("naive", "replay", "ewc")]
 )
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
 def run_seeds(bench, strategy, extra, out: Path, data_root: str) -> list[Path]:
@@ -116,7 +114,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             # Runs are reused only while their recorded code and data identity is the current one.
-            dirs = run_seeds(bench, strategy, extra, Path(args.runs) / bench / slug(strategy + "".join(extra)),
+            dirs = run_seeds(bench, strategy, extra, Path(args.runs) / bench / slug(strategy + "".join(extra), limit=None),
                              args.data_root)
             sub = build_submission(dirs, name=name)
             issues = validate_submission(sub)

@@ -7,6 +7,8 @@ markup, `$\\macro$` must not reach matplotlib's math parser, and an ANSI escape 
 from __future__ import annotations
 
 import html
+import re
+from typing import Optional
 
 # Markdown punctuation that can start markup (emphasis, links, code, tables, headings, math, strikethrough),
 # written with CommonMark backslash escapes; & < > become HTML entities so no tag or entity survives.
@@ -43,3 +45,11 @@ def html_text(text, limit: int = 2000) -> str:
 def plot_text(text, limit: int = 200) -> str:
     """Safe as a matplotlib label: `$` is escaped so mathtext never parses data (newlines are kept)."""
     return "\n".join(one_line(part, limit) for part in str(text).split("\n")).replace("$", r"\$")
+
+
+def slug(text, keep: str = "_.-", lower: bool = False, limit: Optional[int] = 80) -> str:
+    """`text` as part of a file name or id: each run of characters other than ASCII letters, digits and
+    `keep` becomes one '-', leading and trailing '-' dropped, lower-cased on request, cut at `limit`."""
+    out = re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", "-", str(text)).strip("-")
+    out = out.lower() if lower else out
+    return out if limit is None else out[:limit]

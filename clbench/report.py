@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
 from clbench.errors import ResultFileError
-from clbench.escape import markdown_cell
+from clbench.escape import markdown_cell, slug
 from clbench.metrics import direction, mean_std
 from clbench.provenance import identity, short_id
 from clbench.results import find_results, load_result
@@ -210,10 +209,6 @@ def _note_split_groups(rows: Sequence[dict], stream) -> None:
             print(f"note: {bench} / {label}: {len(ids)} groups of the same configuration from different code or "
                   f"data ({', '.join(ids)}); they are kept apart (--pool merges them)", file=stream)
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
-
-
 def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
                  pool: bool = False) -> dict:
     """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
@@ -238,7 +233,7 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
                 rs = [r for r in rs if len(r["accuracy_matrix"]) == len(rs[0]["accuracy_matrix"])]
             by_bench.setdefault(row["benchmark"], []).append((row, rs))
             ident = "" if pool else "_" + row["identity"].replace("/", "-")
-            stem = _slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}{ident}")
+            stem = slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}{ident}")
             written.append(plots.save(plots.heatmap_figure(rs, row["label"]), out / f"heatmap_{stem}.png"))
             written.append(plots.save(plots.task_curves_figure(rs, row["label"]), out / f"tasks_{stem}.png"))
             fig = plots.anytime_figure(rs, row["label"])
@@ -249,9 +244,9 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
                 continue
             bench_rows = [row for row, _ in items]
             written.append(plots.save(plots.comparison_figure(bench_rows, metrics or CHART_METRICS, bench),
-                                      out / f"compare_{_slug(bench)}.png"))
+                                      out / f"compare_{slug(bench)}.png"))
             written.append(plots.save(plots.accuracy_curves_figure([(row["label"], rs) for row, rs in items], bench),
-                                      out / f"curves_{_slug(bench)}.png"))
+                                      out / f"curves_{slug(bench)}.png"))
     return {"rows": rows, "files": [str(p) for p in written]}
 
 

@@ -77,21 +77,21 @@ def load_result(path) -> dict:
     return _load_checked(path)
 
 
-def find_results(path) -> list[Path]:
-    """Every result.json under PATH (a run folder, a folder of runs, or a result.json), skipping
-    unfinished `.<run>.partial` folders and W&B folders."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise FileNotFoundError(f"no such run folder: {path}")
-    found = []
-    for p in sorted(path.rglob("result.json")):
-        rel = p.relative_to(path).parts[:-1]
-        if any(part.startswith(".") or part == "wandb" for part in rel):
+def find_results(paths) -> list[Path]:
+    """Every result.json under PATHS (one path or a list: run folders, folders of runs, result.json files),
+    sorted and each once, skipping unfinished `.<run>.partial` folders and W&B folders."""
+    found = set()
+    for path in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        if path.is_file():
+            found.add(path)
             continue
-        found.append(p)
-    return found
+        if not path.exists():
+            raise FileNotFoundError(f"no such run folder: {path}")
+        for p in path.rglob("result.json"):
+            rel = p.relative_to(path).parts[:-1]
+            if not any(part.startswith(".") or part == "wandb" for part in rel):
+                found.add(p)
+    return sorted(found)
 
 
 def is_complete(run_dir) -> bool:

@@ -33,9 +33,9 @@ from clbench import metrics as M
 from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, group_hash,
                             load_benchmark)
 from clbench.errors import SubmissionError
+from clbench.escape import slug
 from clbench.provenance import identity, short_id
-from clbench.results import ensure_writable_dir, load_result, write_json_atomic
-from clbench.results import find_results as find_run_results
+from clbench.results import ensure_writable_dir, find_results, load_result, write_json_atomic
 from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, metric_inputs, read_json, schema
 
 SUBMISSION_SCHEMA = SUBMISSION_VERSION
@@ -134,15 +134,11 @@ def seed_metrics(run: dict, setting: str) -> dict:
 
 
 # ----- collecting runs --------------------------------------------------------------------------------
-def find_results(paths: Iterable) -> list[Path]:
-    """result.json files under the given run folders, sweep folders or files (unfinished runs skipped)."""
-    found = [f for p in paths for f in find_run_results(p)]
-    if not found:
+def _load_runs(paths: list) -> list[dict]:
+    """The results under the given run folders, sweep folders or files (unfinished runs skipped)."""
+    files = find_results(paths)
+    if not files:
         raise FileNotFoundError(f"no result.json under {', '.join(map(str, paths))}")
-    return sorted(set(found))
-
-
-def _load_runs(files: list[Path]) -> list[dict]:
     runs = []
     for f in files:
         r = load_result(f)   # schema, config hash and metrics checked; ResultFileError names the file
@@ -172,7 +168,8 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
 
 
 def method_slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower() or "method"
+    """The method part of a submission id (lower-case letters, digits and . + -)."""
+    return slug(text, keep=".+-", lower=True, limit=None) or "method"
 
 
 def seed_inputs(r: dict) -> dict:
@@ -213,7 +210,7 @@ def seed_record(r: dict) -> dict:
 
 def config_groups(paths: Iterable) -> list[str]:
     """The seed-free config hashes of the runs under `paths` (one per configuration of a sweep)."""
-    return list(group_runs(_load_runs(find_results(paths))))
+    return list(group_runs(_load_runs(paths)))
 
 
 def _one_identity(group: list[dict], ident: Optional[str]) -> list[dict]:
@@ -239,7 +236,7 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
     recorded code/data identity; when a sweep folder holds several configs, `select` (a prefix of a
     seed-free config hash) picks one, and `ident` (a prefix of 'code8/data8') picks one identity."""
     paths = list(paths)
-    runs = _load_runs(find_results(paths))
+    runs = _load_runs(paths)
     groups = group_runs(runs)
     if select:
         groups = {h: g for h, g in groups.items() if h.startswith(select)}
