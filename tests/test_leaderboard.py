@@ -243,6 +243,17 @@ def test_committed_submission_validates(path):
     assert issues == [], f"{path.name}: " + "; ".join(map(str, issues))
 
 
+def test_a_committed_entry_still_reproduces_with_this_code(tmp_path):
+    """A shipped split-digits entry (made by earlier code, its config without the keys clbench added since)
+    re-runs from its file with this clbench and gives the same R bit for bit (seed 0; every seed in
+    leaderboard/verifications/)."""
+    shipped = [p for p in COMMITTED if p.name.startswith("split-digits__naive__")]
+    if not shipped:
+        pytest.skip("no committed split-digits naive entry")
+    rec = verify_submission(shipped[0], seeds=[0])
+    assert rec["passed"] and rec["seeds"][0]["max_abs_diff"] == 0.0, rec["seeds"][0]["reason"]
+
+
 @pytest.mark.skipif(not COMMITTED, reason="no committed submissions in leaderboard/submissions/")
 def test_committed_board_is_rendered_from_the_submissions():
     board = build(REPO / "leaderboard" / "submissions", REPO / "leaderboard")

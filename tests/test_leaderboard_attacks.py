@@ -18,7 +18,8 @@ from clbench.errors import ConfigError, SubmissionError
 from clbench.escape import markdown_cell, plot_text
 from clbench.leaderboard import build_submission, save_submission, validate_file, validate_submission
 from clbench.leaderboard.render import build, render
-from clbench.leaderboard.submission import result_digest, run_config, seed_metrics, submission_digest, summarize
+from clbench.leaderboard.submission import (result_digest, run_config, seed_metrics, sha256, submission_digest,
+                                            summarize)
 from clbench.leaderboard.verify import (EXACT_ATOL, load_records, rerun_config, tolerance, verification_status,
                                         verify_submission)
 from clbench.results import write_json_atomic
@@ -140,6 +141,34 @@ def test_verify_compares_every_measured_matrix(honest, tmp_path):
     assert "in task_masked_accuracy_matrix (accuracy_matrix: 0)" in rec["seeds"][0]["reason"]
 
 
+def test_verify_compares_the_code_that_re_ran_with_the_submitted_code(honest, honest_record, tmp_path):
+    """Code identity: earlier verify hashed only the installed strategy's class hierarchy, so a change to a
+    helper module (clbench.buffer) went unseen. Now the record compares every module the re-run recorded
+    (clbench.provenance) with the submitted method.sources."""
+    rec = json.loads(honest_record.read_text())
+    assert rec["source_match"] and rec["source_mismatch"] == []
+    sub = copy.deepcopy(honest["sub"])
+    assert "clbench.engine" in sub["method"]["sources"]
+    sub["method"]["sources"]["clbench.engine"] = "0" * 64                # claims other engine code, hash redone
+    sub["method"]["source_hash"] = sha256(sub["method"]["sources"])
+    for r in sub["runs"]:
+        r.pop("provenance")                                              # (so the runs do not contradict it)
+    assert validate_submission(sub) == []
+    rec = verify_submission(put(tmp_path, sub), seeds=[0])
+    assert rec["passed"] and not rec["source_match"] and rec["source_mismatch"] == ["clbench.engine"]
+
+
+def test_runs_of_other_code_or_data_are_refused(honest):
+    """The code and data each seed's run recorded must be the method's: a file mixing in runs of other
+    code (an edited plugin) or other data is INVALID."""
+    sub = copy.deepcopy(honest["sub"])
+    sub["runs"][1]["provenance"]["code_hash"] = "1" * 64
+    sub["runs"][2]["provenance"]["data"]["data_hash"] = "2" * 64
+    problems = [str(i) for i in validate_submission(sub) if i.code == "method"]
+    assert any("seed 1: the code_hash its run recorded" in p for p in problems)
+    assert any("seed 2: the data_hash its run recorded" in p for p in problems)
+
+
 def test_verify_uses_only_the_verifiers_data_root_and_never_downloads(honest, tmp_path, monkeypatch):
     """Attack: data.root under a folder the submitter picks, data.download=true. Earlier verify created
     folders there and tried the network. `data` is not part of the config hash, so the verifier replaces it."""
@@ -253,10 +282,13 @@ def test_submit_refuses_a_configuration_already_on_the_board(honest, tmp_path, c
 
 def test_an_honest_resubmission_of_a_shipped_entry_is_refused_and_cannot_displace_it(tmp_path):
     """A new user resubmitted derpp with the shipped config: earlier it replaced the shipped entry on the
-    board and the committed-board test failed."""
-    shipped = REPO / "leaderboard" / "submissions" / "split-digits__derpp__b749a6f5.json"
-    if not shipped.exists():
-        pytest.skip("the shipped derpp entry is not in this checkout")
+    board and the committed-board test failed. (Here: the first verified committed entry, under a name that
+    sorts first.)"""
+    records, _ = load_records(REPO / "leaderboard" / "verifications")
+    shipped = next((p for p in sorted((REPO / "leaderboard" / "submissions").glob("*.json"))
+                    if verification_status(json.loads(p.read_text()), records)["status"] == "verified"), None)
+    if shipped is None:
+        pytest.skip("no verified entry is committed in this checkout")
     subs = tmp_path / "submissions"
     subs.mkdir()
     for p in (REPO / "leaderboard" / "submissions").glob("*.json"):
@@ -264,8 +296,8 @@ def test_an_honest_resubmission_of_a_shipped_entry_is_refused_and_cannot_displac
     (tmp_path / "verifications").mkdir()
     for p in (REPO / "leaderboard" / "verifications").glob("*.json"):
         (tmp_path / "verifications" / p.name).write_text(p.read_text())
-    again = _copy_named(json.loads(shipped.read_text()), "derpp-rerun")
-    with pytest.raises(SubmissionError, match="already on the board as .*split-digits__derpp__b749a6f5.json"):
+    again = _copy_named(json.loads(shipped.read_text()), "a-rerun")
+    with pytest.raises(SubmissionError, match=f"already on the board as .*{re.escape(shipped.name)}"):
         save_submission(again, subs)
     put(subs, again)                                       # placed by hand anyway (e.g. in a pull request)
     board = build(subs, tmp_path)

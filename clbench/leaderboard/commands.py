@@ -133,8 +133,10 @@ def _verify(args) -> int:
     print(f"{word}: seeds {', '.join(map(str, done))} of {rec['submission_id']} re-run on "
           f"{rec['environment']['device']} by {rec['verifier']} in {rec['wall_s']:.1f}s "
           f"[tolerance: {rec['tolerance_rule']}]")
-    if not rec["source_match"]:
-        print(f"note: the installed source differs from the submitted one in: {', '.join(rec['source_mismatch'])}")
+    if rec["source_mismatch"]:
+        diff = rec["source_mismatch"]
+        print(f"note: the code that re-ran differs from the submitted code in {len(diff)} module(s): "
+              f"{', '.join(diff[:10])}{', ...' if len(diff) > 10 else ''}")
     if "file" in rec:
         print(f"record: {rec['file']}")
     return 0 if rec["passed"] else 1

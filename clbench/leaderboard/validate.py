@@ -148,6 +148,17 @@ def validate_submission(sub) -> list[ValidationIssue]:
         issues.append(ValidationIssue("method", "method.hyperparameters disagree with config.strategy"))
     if sha256(method["sources"]) != method["source_hash"]:
         issues.append(ValidationIssue("method", "method.source_hash is not the hash of method.sources"))
+    # code and data identity: what each seed's run recorded (clbench.provenance) is the method's; a file
+    # from before provenance has none to compare
+    for r in sub["runs"]:
+        prov = r.get("provenance") or {}
+        data = prov.get("data") if isinstance(prov.get("data"), dict) else {}
+        if "code_hash" in prov and prov["code_hash"] != method["source_hash"]:
+            issues.append(ValidationIssue("method", f"seed {r['seed']}: the code_hash its run recorded is not "
+                                                    f"method.source_hash (runs of other code)"))
+        if "data_hash" in data and "data_hash" in method and data["data_hash"] != method["data_hash"]:
+            issues.append(ValidationIssue("method", f"seed {r['seed']}: the data_hash its run recorded is not "
+                                                    f"method.data_hash (runs on other data)"))
     want_id = f"{bench['name']}__{method_slug(method['name'])}__{sub['config_hash'][:8]}"
     if sub["id"] != want_id:
         issues.append(ValidationIssue("id", f"id '{sub['id']}' should be '{want_id}' (benchmark, method name, "

@@ -102,8 +102,8 @@ def rerun_config(sub: dict, seed: int, device: str, out: str, root: str) -> dict
     cfg["wandb"] = {**cfg.get("wandb", {}), "mode": "disabled"}
     if config_hash(cfg) != run["run_config_hash"]:
         raise SubmissionError(f"seed {seed}: the re-run config does not hash to the submitted run_config_hash")
-    validate_config(cfg)
-    return cfg
+    # checked and completed: a key the submitted config leaves out (one added to clbench later) is its default
+    return validate_config(cfg)
 
 
 def _threads(run: dict) -> Optional[int]:
