@@ -6,18 +6,21 @@ half-written folder behind (sweeps use this to resume).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-from clbench.errors import ResultFileError, bad_value
+from clbench.errors import ResultFileError, StorageError
 from clbench.schema import RESULT_VERSION as SCHEMA_VERSION  # noqa: F401  (the engine writes it)
 from clbench.schema import load_result as _load_checked
 from clbench.schema import schema as _schema
@@ -25,36 +28,73 @@ from clbench.schema import schema as _schema
 REQUIRED_KEYS = tuple(_schema("result")["required"])   # the schema (clbench/schemas/result.json) decides
 
 
+def storage_error(e: OSError, path) -> StorageError:
+    """A write that failed for a reason outside clbench (disk full, read-only, ...), as one line."""
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+            errno.ENAMETOOLONG: "file name too long", errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EISDIR: "is a folder"}.get(e.errno, e.strerror or type(e).__name__)
+    return StorageError(f"cannot write {path}: {what}; nothing was half-written (free space or choose another "
+                        f"out=, then re-run the same command)")
+
+
 def write_text_atomic(path, text: str) -> Path:
-    """Write then rename: readers see the old file or the whole new one, never a partial one."""
+    """Write then rename: readers see the old file or the whole new one, never a partial one.
+
+    The file gets the usual mode (0666 less the umask), like any file the user writes; an OS failure
+    (disk full, read-only folder) raises StorageError naming the file, and leaves no temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(tmp, text)
         os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise storage_error(e, path) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
     return path
 
 
-def ensure_writable_dir(path, key: str) -> Path:
-    """Create the folder `path` if needed and check that a file can be written in it, so a command fails
-    with one line naming the option `key` before doing any work (a read-only or misplaced output folder)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise bad_value(key, f"{path} is a file, not a folder")
+def _write_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the kernel applies the umask
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _unlink_quietly(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_out_dir(out, key: str = "out") -> Path:
+    """Fail at once, before anything is built or written, when `out` cannot hold what a command writes (run
+    folders, a board, verification records): a file in the way, a folder this process may not write, or a
+    name longer than the file system allows. The option is named `key` in the one-line error."""
+    path = Path(str(out)).expanduser()
+    for part in path.parts:
+        if len(part.encode()) > NAME_MAX:
+            raise StorageError(f"cannot write into '{key}': the folder name '{part[:40]}...' is longer than "
+                               f"{NAME_MAX} bytes")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(f"cannot write into '{key}': {path} is not a folder ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write into '{key}': {probe} is not writable (choose another {key}=)")
+    try:   # and try it: root passes os.access where nothing can be written (/proc, a read-only mount)
+        tempfile.TemporaryFile(dir=probe).close()
     except OSError as e:
-        raise bad_value(key, f"cannot write into {path} ({e.strerror or e})") from None
+        raise StorageError(f"cannot write into '{key}': {probe} is not writable ({e.strerror or e}; choose "
+                           f"another {key}=)") from None
     return path
 
 
@@ -107,10 +147,24 @@ def is_complete(run_dir) -> bool:
     return True
 
 
+NAME_MAX = 255    # bytes in one file name on Linux and macOS file systems
+RUN_ID_MAX = 200  # leaves room for '.<run id>.partial', '_r<k>' and 'failed/<run id>.txt'
+
+
 def make_run_id(cfg: dict, cfg_hash: str) -> str:
-    """Deterministic: the same config and seed give the same run id (sweeps resume on it)."""
-    name = f"{cfg['benchmark']['name']}_{cfg['strategy']['name']}_s{cfg['seed']}_{cfg_hash[:8]}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "-", name)
+    """Deterministic: the same config and seed give the same run id (sweeps resume on it).
+
+    One plain file name inside `out`: characters other than letters, digits and `_.+-` become `-`, it never
+    starts with '.' (hidden: the working folders of unfinished runs), and a long benchmark or strategy
+    name is cut and made unique again with a hash of the whole name.
+    """
+    safe = lambda text: re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
+    head = safe(f"{cfg['benchmark']['name']}_{cfg['strategy']['name']}")
+    tail = safe(f"_s{cfg['seed']}_{cfg_hash[:8]}")
+    if len(head) + len(tail) > RUN_ID_MAX:
+        digest = hashlib.sha256(head.encode()).hexdigest()[:8]
+        head = f"{head[:max(1, RUN_ID_MAX - len(tail) - 9)]}-{digest}"
+    return re.sub(r"^\.", "-", head + tail)
 
 
 class RunDir:
@@ -204,23 +258,19 @@ def git_commit() -> Optional[str]:
 
 
 def environment(device) -> dict:
+    """result.json's `env`: versions, provenance, and what changes the arithmetic (clbench.reproducibility)."""
     import numpy
-    import torch
 
     import clbench
+    from clbench.reproducibility import arithmetic_env
     env = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "numpy": numpy.__version__,
         "clbench": clbench.__version__,
-        "device": str(device),
         "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),   # SIMD kernels used: AVX2, AVX512, ...
+        **arithmetic_env(device),
         "git_commit": git_commit(),
         "argv": sys.argv[1:],
     }
-    if torch.cuda.is_available() and str(device).startswith("cuda"):
-        env["cuda"] = torch.version.cuda
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    env["cpu_threads"] = env["threads"]   # the name used before `threads` was recorded with the rest
     return env

@@ -217,10 +217,10 @@ def test_verify_and_render_refuse_an_unwritable_folder_before_any_work(honest, t
         assert main(["leaderboard", "verify", str(path), "--record", str(folder)]) == 2
         assert time.perf_counter() - t0 < 5                       # nothing was re-run
         err = capsys.readouterr().err.strip()
-        assert err.startswith("clbench: error: bad value for '--record'") and "\n" not in err
+        assert err.startswith("clbench: error: cannot write into '--record'") and "\n" not in err
         assert main(["leaderboard", "render", "--submissions", str(tmp_path), "--out", str(folder)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("clbench: error: bad value for '--out'") and "\n" not in err
+        assert err.startswith("clbench: error: cannot write into '--out'") and "\n" not in err
     assert not list(tmp_path.rglob("LEADERBOARD.md"))
 
 

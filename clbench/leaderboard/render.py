@@ -24,7 +24,7 @@ from clbench.escape import html_text, markdown_cell
 from clbench.leaderboard.submission import load_submission
 from clbench.leaderboard.validate import ValidationIssue, leaderboard_track, validate_file
 from clbench.leaderboard.verify import load_records, verification_status
-from clbench.results import ensure_writable_dir, write_text_atomic
+from clbench.results import check_out_dir, write_text_atomic
 
 # Columns shown per track: (summary key, header). acc_task_masked only where a track has it.
 METRIC_COLUMNS = [("acc", "ACC"), ("forgetting", "Forgetting"), ("bwt", "BWT"), ("fwt", "FWT"),
@@ -381,8 +381,9 @@ def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", reco
 def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None) -> dict:
     """Write LEADERBOARD.md, index.html and heatmaps/<id>.png; returns the paths and the files not ranked.
     A read-only or misplaced output folder fails with one line before any work."""
-    out_dir = ensure_writable_dir(out_dir, "--out")
-    ensure_writable_dir(out_dir / "heatmaps", "--out")
+    out_dir = check_out_dir(out_dir, "--out")
+    check_out_dir(out_dir / "heatmaps", "--out")
+    (out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
     board = build(submissions_dir, out_dir, records_dir)
     for e in board["entries"]:
         write_heatmap(e.sub, e.heatmap)

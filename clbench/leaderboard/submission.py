@@ -35,7 +35,7 @@ from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical
 from clbench.errors import SubmissionError
 from clbench.escape import slug
 from clbench.provenance import identity, short_id
-from clbench.results import ensure_writable_dir, find_results, load_result, write_json_atomic
+from clbench.results import check_out_dir, find_results, load_result, write_json_atomic
 from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, metric_inputs, read_json, schema
 
 SUBMISSION_SCHEMA = SUBMISSION_VERSION
@@ -313,7 +313,7 @@ def entry_with_config(board_dir, sub: dict) -> Optional[Path]:
 def save_submission(sub: dict, out_dir="leaderboard/submissions", overwrite: bool = False) -> Path:
     """Write `<out_dir>/<id>.json`. One entry per configuration: a config already on the board under
     another id is refused (pointing at it); the same id is replaced only with `overwrite`."""
-    out_dir = ensure_writable_dir(out_dir, "--out")
+    out_dir = check_out_dir(out_dir, "--out")
     twin = entry_with_config(out_dir, sub)
     if twin is not None:
         raise SubmissionError(f"this configuration (config_hash {sub['config_hash'][:12]}) of "

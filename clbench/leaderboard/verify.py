@@ -53,7 +53,7 @@ from clbench.errors import SubmissionError, bad_value
 from clbench.escape import one_line
 from clbench.leaderboard.submission import MEASURED, load_submission, run_config, submission_digest
 from clbench.leaderboard.validate import validate_file
-from clbench.results import ensure_writable_dir, environment, git_commit, write_json_atomic
+from clbench.results import check_out_dir, environment, git_commit, write_json_atomic
 from clbench.schema import MAX_RECORD_BYTES, VERIFICATION_VERSION, read_json, schema, schema_errors
 
 EXACT_ATOL = 1e-9
@@ -102,7 +102,10 @@ def rerun_config(sub: dict, seed: int, device: str, out: str, root: str) -> dict
     cfg["wandb"] = {**cfg.get("wandb", {}), "mode": "disabled"}
     if config_hash(cfg) != run["run_config_hash"]:
         raise SubmissionError(f"seed {seed}: the re-run config does not hash to the submitted run_config_hash")
-    # checked and completed: a key the submitted config leaves out (one added to clbench later) is its default
+    # checked and completed: a key the submitted config leaves out (one added to clbench later) is its default,
+    # except `threads` (results depend on it): a run from before that key re-runs with the count it recorded
+    if "threads" not in cfg and _threads(run) is not None:
+        cfg["threads"] = _threads(run)
     return validate_config(cfg)
 
 
@@ -213,7 +216,7 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
 
     path = Path(path)
     if record_dir is not None:
-        ensure_writable_dir(record_dir, "--record")
+        check_out_dir(record_dir, "--record")
     if not timeout > 0:
         raise bad_value("--timeout", f"expected a number of seconds > 0, got {timeout!r}")
     if cpu_isa is not None and cpu_isa.upper() not in ISA_ENV:
