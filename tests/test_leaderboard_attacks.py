@@ -20,8 +20,8 @@ from clbench.leaderboard import build_submission, save_submission, validate_file
 from clbench.leaderboard.render import build, render
 from clbench.leaderboard.submission import (result_digest, run_config, seed_metrics, sha256, submission_digest,
                                             summarize)
-from clbench.leaderboard.verify import (EXACT_ATOL, load_records, rerun_config, tolerance, verification_status,
-                                        verify_submission)
+from clbench.leaderboard.verify import (EXACT_ATOL, compare, load_records, rerun_config, tolerance,
+                                        verification_status, verify_submission)
 from clbench.results import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +139,19 @@ def test_verify_compares_every_measured_matrix(honest, tmp_path):
     rec = verify_submission(put(tmp_path, sub), seeds=[0])
     assert not rec["passed"] and rec["seeds"][0]["max_abs_diff"] == pytest.approx(0.05, abs=1e-9)
     assert "in task_masked_accuracy_matrix (accuracy_matrix: 0)" in rec["seeds"][0]["reason"]
+
+
+def test_verify_compares_what_the_submission_holds_and_needs_all_of_it():
+    """A matrix the submission holds must be re-measured (dropping one from the re-run cannot pass); one only
+    the re-run measured (CLS-ER's extra models, scored by a later clbench) is claimed by nobody and ignored."""
+    R = {"accuracy_matrix": [[0.5, 0.0], [0.4, 0.6]], "initial_accuracy": [0.1, 0.1]}
+    extra = {**R, "extra_models": {"plastic": {"accuracy_matrix": [[0.3, 0.0], [0.2, 0.5]]}}}
+    assert compare(R, extra) == (0.0, "")
+    diff, why = compare(extra, R)
+    assert diff is None and "did not measure ['extra_models.plastic']" in why
+    diff, why = compare({**extra, "task_masked_accuracy_matrix": [[0.5, 0.0], [0.4, 0.7]]},
+                        {**extra, "task_masked_accuracy_matrix": [[0.5, 0.0], [0.4, 0.6]]})
+    assert diff == pytest.approx(0.1) and "in task_masked_accuracy_matrix" in why
 
 
 def test_verify_compares_the_code_that_re_ran_with_the_submitted_code(honest, honest_record, tmp_path):
