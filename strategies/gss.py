@@ -1,0 +1,127 @@
+"""GSS-greedy: Gradient-based Sample Selection, greedy variant.
+
+Aljundi, Lin, Goujaud, Bengio (2019), "Gradient based sample selection for online continual learning",
+NeurIPS 2019, arXiv:1903.08671. Selection follows the authors' greedy algorithm (rahafaljundi/
+Gradient-based-Sample-Selection model/GSS_Greedy.py); the update and the scoring batch follow Mammoth
+`models/gss.py` and `utils/gss_buffer.py` (aimagelab/mammoth), whose MNIST numbers this reproduces.
+
+    for each incoming minibatch B = (x, y):
+        one SGD step on CE over  B  U  a uniform buffer sample of `mem_batch_size`
+        G   = single-sample gradients of `score_batch_size` random buffer samples       (network in eval mode)
+        c_B = max_j cos(grad CE(B), G_j) + 1                                              (batch score, in [0, 2])
+        for each sample i of B:
+            buffer not full:  store i with score c_B
+            full and c_B < 1 (the batch gradient points away from every stored one):
+                c_i = max_j cos(grad CE(x_i, y_i), G_j) + 1
+                draw a stored sample k with probability proportional to its score s_k
+                replace k by i (score c_i) with probability s_k / (s_k + c_i)
+            otherwise: drop i
+
+So a sample enters a full memory only if it disagrees with the stored gradients, and it evicts preferably the
+stored samples whose own gradients were most similar to the memory's (high s_k): the memory drifts towards the
+least redundant gradients.
+
+Deviations: from the authors, the update (one step on the concatenated batch, Mammoth's `batch_num=1`) rather than
+`n_iter` alternating stream and replay steps, and single-sample memory gradients (Mammoth) rather than gradients of
+random memory batches; from Mammoth, the replay sample is uniform without replacement (Mammoth's "fathom" sweep
+over a fresh permutation gives the same distribution at batch_num=1). Per-sample gradients use torch.func.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clbench.buffer import Storage
+from clbench.hparams import HP
+from clbench.strategies.parts import flat_grad, per_sample_grads
+from clbench.strategy import Strategy
+from clbench.stream import Batch
+
+
+class GSSBuffer(Storage):
+    """Fixed-capacity memory with a score per slot (GSS's s_k); insertion decisions are the strategy's."""
+
+    policy = "gss_greedy"
+
+    def put(self, fields: dict[str, Tensor], pos: int, slot: int, score: float) -> None:
+        self._write({**fields, "score": torch.full((len(fields["y"]),), float(score))},
+                    torch.tensor([pos]), torch.tensor([slot]))
+        self.size = max(self.size, slot + 1)
+
+
+class GSS(Strategy):
+    """GSS-greedy: a memory kept gradient-diverse by score-based greedy replacement."""
+
+    description = "GSS-greedy: memory of samples whose gradients are least similar to the stored ones"
+    paper = "Aljundi et al. 2019, Gradient based sample selection for online continual learning, NeurIPS, arXiv:1903.08671"
+    code = "rahafaljundi/Gradient-based-Sample-Selection model/GSS_Greedy.py; aimagelab/mammoth models/gss.py"
+    hparams = {
+        "buffer_size": HP(200, "samples kept in memory", low=1),
+        "mem_batch_size": HP(None, "memory samples replayed per step (null: same as train.batch_size)", type=int,
+                             low=1),
+        "score_batch_size": HP(10, "stored samples whose gradients score a candidate (Mammoth gss_minibatch_size)",
+                               low=1),
+    }
+    checkpoint_attrs = ("buffer", "n_inserted", "n_offered")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.buffer = GSSBuffer(self.hp.buffer_size, self.device, self.generator)
+        self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
+        self.n_inserted = self.n_offered = 0
+
+    def loss(self, batch: Batch) -> Tensor:
+        # 1. one step on the incoming batch concatenated with a uniform memory sample
+        x, y, t = batch.x, batch.y, batch.t
+        if len(self.buffer) > 0:
+            mem = self.buffer.sample(self.mem_batch)
+            x, y, t = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([t, mem["t"]])
+        return F.cross_entropy(self.forward(x, t), y)
+
+    def scores(self, x: Tensor, y: Tensor, memory_grads: Tensor) -> Tensor:
+        """max_j cos(g_i, G_j) + 1 for each row of per-sample gradients of (x, y)."""
+        g = per_sample_grads(self.model, x, y)
+        return F.cosine_similarity(g.unsqueeze(1), memory_grads.unsqueeze(0), dim=2).max(1).values + 1
+
+    @torch.no_grad()
+    def after_step(self, batch: Batch) -> None:
+        # 2. greedy selection of the incoming samples (network in eval mode, as the authors and Mammoth)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            self.select(batch)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def select(self, batch: Batch) -> None:
+        buf, n = self.buffer, len(batch.y)
+        fields = {"x": batch.x, "y": batch.y, "t": batch.t}
+        if buf.seen == 0:
+            batch_c, mem_g = 0.1, None                    # Mammoth's score for the very first batch
+        else:
+            mem = buf.sample(int(self.hp.score_batch_size))
+            mem_g = per_sample_grads(self.model, mem["x"], mem["y"])
+            with torch.enable_grad():
+                g = flat_grad(self.model, F.cross_entropy(self.model(batch.x), batch.y))
+            batch_c = float(F.cosine_similarity(g.unsqueeze(0), mem_g, dim=1).max()) + 1
+        single = None
+        for i in range(n):
+            self.n_offered += 1
+            if buf.seen < buf.capacity:                   # not full: store with the batch score
+                buf.put(fields, i, buf.seen, batch_c)
+                self.n_inserted += 1
+            elif batch_c < 1:                             # full: compete only if the batch disagrees with memory
+                if single is None:
+                    single = self.scores(batch.x, batch.y, mem_g)
+                s = buf.data["score"][:buf.size].double().cpu()
+                k = int(torch.multinomial(s / s.sum(), 1, generator=self.generator))
+                c_i = float(single[i])
+                if float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < float(s[k]) / (float(s[k]) + c_i):
+                    buf.put(fields, i, k, c_i)
+                    self.n_inserted += 1
+            buf.seen += 1
+
+    def extra_state(self) -> dict:
+        return {"buffer": self.buffer.state(), "offered": self.n_offered, "inserted": self.n_inserted}
