@@ -28,6 +28,8 @@ over a fresh permutation gives the same distribution at batch_num=1). Per-sample
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -95,17 +97,20 @@ class GSS(Strategy):
             for m, mode in modes:
                 m.training = mode
 
+    def batch_score(self, batch: Batch) -> tuple[float, Optional[Tensor]]:
+        """(c_B, G): the batch gradient's max cosine + 1 with the gradients G of random stored samples."""
+        if self.buffer.seen == 0:
+            return 0.1, None                              # Mammoth's score for the very first batch
+        mem = self.buffer.sample(int(self.hp.score_batch_size))
+        mem_g = per_sample_grads(self.model, mem["x"], mem["y"])
+        with torch.enable_grad():
+            g = flat_grad(self.model, F.cross_entropy(self.model(batch.x), batch.y))
+        return float(F.cosine_similarity(g.unsqueeze(0), mem_g, dim=1).max()) + 1, mem_g
+
     def select(self, batch: Batch) -> None:
         buf, n = self.buffer, len(batch.y)
         fields = {"x": batch.x, "y": batch.y, "t": batch.t}
-        if buf.seen == 0:
-            batch_c, mem_g = 0.1, None                    # Mammoth's score for the very first batch
-        else:
-            mem = buf.sample(int(self.hp.score_batch_size))
-            mem_g = per_sample_grads(self.model, mem["x"], mem["y"])
-            with torch.enable_grad():
-                g = flat_grad(self.model, F.cross_entropy(self.model(batch.x), batch.y))
-            batch_c = float(F.cosine_similarity(g.unsqueeze(0), mem_g, dim=1).max()) + 1
+        batch_c, mem_g = self.batch_score(batch)
         single = None
         for i in range(n):
             self.n_offered += 1
@@ -116,6 +121,7 @@ class GSS(Strategy):
                 if single is None:
                     single = self.scores(batch.x, batch.y, mem_g)
                 s = buf.data["score"][:buf.size].double().cpu()
+                s = s if float(s.sum()) > 0 else torch.ones_like(s)
                 k = int(torch.multinomial(s / s.sum(), 1, generator=self.generator))
                 c_i = float(single[i])
                 if float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < float(s[k]) / (float(s[k]) + c_i):

@@ -151,4 +151,4 @@ class LUCIR(Strategy):
         return logits.masked_fill(unseen, torch.finfo(logits.dtype).min)
 
     def extra_state(self) -> dict:
-        return {"buffer": self.memory.state(), "sigma": float(self.head.sigma)}
+        return {"buffer": self.memory.state(), "sigma": float(self.head.sigma.detach())}
