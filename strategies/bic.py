@@ -123,14 +123,11 @@ class BiC(Strategy):
         return TensorSplit(train["x"], train["y"], task=train["t"])
 
     # ----- stage 1 ---------------------------------------------------------------------------------------------
-    def logits(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.model(x)
-        return self.mask_logits(out, t) if self.task_aware else out
-
     def loss(self, batch: Batch) -> Tensor:
         seen = torch.tensor(self.seen_classes, device=self.device)
-        out = self.logits(batch.x, batch.t)
-        ce = F.cross_entropy(out[:, seen], torch.searchsorted(seen, batch.y))
+        out = self.model(batch.x)
+        head = self.mask_logits(out, batch.t) if self.task_aware else out     # task-IL: CE within the task's head
+        ce = F.cross_entropy(head[:, seen], torch.searchsorted(seen, batch.y))
         if self.previous_model is None or not self.old_classes:
             return ce
         # distillation towards the previous network with its bias correction, over the old classes

@@ -223,10 +223,10 @@ class XDER(Strategy):
                          float(self.hp.gamma))
             self.buffer.add({"x": x, "y": y, "t": data.t[pick], "logits": z}, rank=torch.arange(len(y)))
         # every old sample: current and future heads from the network as it is now
-        idx = torch.arange(len(self.buffer), device=self.device)
-        stored = self.buffer.data
-        outputs = torch.cat([self.model(stored["x"][i:i + 1024]) for i in range(0, len(idx), 1024)])
-        self.update_past_logits(idx, outputs, stored["y"][:len(idx)], past, stochastic=False)
+        n = len(self.buffer)
+        x, y = self.buffer.data["x"][:n], self.buffer.data["y"][:n]
+        outputs = torch.cat([self.model(x[i:i + 1024]) for i in range(0, n, 1024)])
+        self.update_past_logits(torch.arange(n, device=self.device), outputs, y, past, stochastic=False)
         self.update_counter.zero_()
 
     def extra_state(self) -> dict:

@@ -328,3 +328,9 @@ def test_end_to_end_on_digits(tmp_path, strategy):
     assert len(saved["accuracy_matrix"]) == 5
     # well above chance (0.1); LwF-MC has no exemplars, so class-IL stays near fine-tuning (naive: about 0.17)
     assert saved["metrics"]["acc"] > (0.2 if strategy == "lwf_mc" else 0.3)
+
+
+@pytest.mark.parametrize("strategy", ZOO4)
+def test_conforms_to_the_strategy_contract(strategy):
+    from clbench.testing import check_strategy
+    check_strategy(strategy)
