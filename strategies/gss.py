@@ -41,15 +41,21 @@ from clbench.strategy import Strategy
 from clbench.stream import Batch
 
 
+def max_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """For each row of a, its largest cosine similarity with a row of b."""
+    norms = a.norm(dim=1, keepdim=True) * b.norm(dim=1).view(1, -1)
+    return ((a @ b.T) / norms.clamp_min(1e-12)).max(1).values
+
+
 class GSSBuffer(Storage):
     """Fixed-capacity memory with a score per slot (GSS's s_k); insertion decisions are the strategy's."""
 
     policy = "gss_greedy"
 
-    def put(self, fields: dict[str, Tensor], pos: int, slot: int, score: float) -> None:
-        self._write({**fields, "score": torch.full((len(fields["y"]),), float(score))},
-                    torch.tensor([pos]), torch.tensor([slot]))
-        self.size = max(self.size, slot + 1)
+    def put(self, fields: dict[str, Tensor], pos: Tensor, slot: Tensor, score: float) -> None:
+        """Write samples `pos` of `fields` into slots `slot`, all with score `score`."""
+        self._write({**fields, "score": torch.full((len(fields["y"]),), float(score))}, pos, slot)
+        self.size = max(self.size, int(slot.max()) + 1)
 
 
 class GSS(Strategy):
@@ -83,8 +89,7 @@ class GSS(Strategy):
 
     def scores(self, x: Tensor, y: Tensor, memory_grads: Tensor) -> Tensor:
         """max_j cos(g_i, G_j) + 1 for each row of per-sample gradients of (x, y)."""
-        g = per_sample_grads(self.model, x, y)
-        return F.cosine_similarity(g.unsqueeze(1), memory_grads.unsqueeze(0), dim=2).max(1).values + 1
+        return max_cosine(per_sample_grads(self.model, x, y), memory_grads) + 1
 
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
@@ -105,27 +110,29 @@ class GSS(Strategy):
         mem_g = per_sample_grads(self.model, mem["x"], mem["y"])
         with torch.enable_grad():
             g = flat_grad(self.model, F.cross_entropy(self.model(batch.x), batch.y))
-        return float(F.cosine_similarity(g.unsqueeze(0), mem_g, dim=1).max()) + 1, mem_g
+        return float(max_cosine(g.unsqueeze(0), mem_g)) + 1, mem_g
 
     def select(self, batch: Batch) -> None:
         buf, n = self.buffer, len(batch.y)
         fields = {"x": batch.x, "y": batch.y, "t": batch.t}
         batch_c, mem_g = self.batch_score(batch)
-        single = None
-        for i in range(n):
-            self.n_offered += 1
-            if buf.seen < buf.capacity:                   # not full: store with the batch score
-                buf.put(fields, i, buf.seen, batch_c)
-                self.n_inserted += 1
-            elif batch_c < 1:                             # full: compete only if the batch disagrees with memory
-                if single is None:
-                    single = self.scores(batch.x, batch.y, mem_g)
+        fit = max(0, min(n, buf.capacity - buf.seen))     # not full: store with the batch score
+        if fit:
+            buf.put(fields, torch.arange(fit), torch.arange(buf.seen, buf.seen + fit), batch_c)
+            buf.seen += fit
+            self.n_inserted += fit
+        self.n_offered += n
+        if fit == n:
+            return
+        single = self.scores(batch.x[fit:], batch.y[fit:], mem_g) if batch_c < 1 else None
+        for i in range(fit, n):
+            if single is not None:                        # full: compete only if the batch disagrees with memory
                 s = buf.data["score"][:buf.size].double().cpu()
                 s = s if float(s.sum()) > 0 else torch.ones_like(s)
                 k = int(torch.multinomial(s / s.sum(), 1, generator=self.generator))
-                c_i = float(single[i])
+                c_i = float(single[i - fit])
                 if float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < float(s[k]) / (float(s[k]) + c_i):
-                    buf.put(fields, i, k, c_i)
+                    buf.put(fields, torch.tensor([i]), torch.tensor([k]), c_i)
                     self.n_inserted += 1
             buf.seen += 1
 
