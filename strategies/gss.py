@@ -24,27 +24,58 @@ least redundant gradients.
 Deviations: from the authors, the update (one step on the concatenated batch, Mammoth's `batch_num=1`) rather than
 `n_iter` alternating stream and replay steps, and single-sample memory gradients (Mammoth) rather than gradients of
 random memory batches; from Mammoth, the replay sample is uniform without replacement (Mammoth's "fathom" sweep
-over a fresh permutation gives the same distribution at batch_num=1). Per-sample gradients use torch.func.
+over a fresh permutation gives the same distribution at batch_num=1). The cosines come from the Gram matrix of the
+per-sample gradients (`gradient_gram`: exact, computed from layer activations and output gradients for MLPs, so no
+per-sample gradient is ever formed; other networks use torch.func per-sample gradients).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from clbench.buffer import Storage
 from clbench.hparams import HP
-from clbench.strategies.parts import flat_grad, per_sample_grads
+from clbench.strategies.parts import per_sample_grads
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
 
-def max_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """For each row of a, its largest cosine similarity with a row of b."""
-    norms = a.norm(dim=1, keepdim=True) * b.norm(dim=1).view(1, -1)
-    return ((a @ b.T) / norms.clamp_min(1e-12)).max(1).values
+def gradient_gram(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """K[i, j] = <grad CE(x_i, y_i), grad CE(x_j, y_j)> over the trainable parameters.
+
+    When every trainable parameter sits in an nn.Linear layer (the MLPs), a sample's gradient for a layer is
+    delta_i a_i^T (and delta_i for the bias), so K = sum over layers of (delta delta^T) * (a a^T + 1): one forward
+    and one backward pass, no per-sample gradient formed. Other networks: torch.func per-sample gradients G, K = G G^T.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    in_linears = sum(p.numel() for m in linears for p in m.parameters() if p.requires_grad)
+    if in_linears != sum(p.numel() for p in model.parameters() if p.requires_grad) or not all(
+            m.weight.requires_grad for m in linears):
+        g = per_sample_grads(model, x, y)
+        return g @ g.T
+    acts: dict = {}
+    outs: dict = {}
+
+    def keep(m, inputs, output):
+        acts[m], outs[m] = inputs[0], output
+
+    hooks = [m.register_forward_hook(keep) for m in linears]
+    try:
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), y, reduction="sum")     # a sum: each sample's delta is its own
+            deltas = torch.autograd.grad(loss, [outs[m] for m in linears])
+    finally:
+        for h in hooks:
+            h.remove()
+    if any(acts[m].dim() != 2 for m in linears):            # a layer applied per position: not this formula
+        g = per_sample_grads(model, x, y)
+        return g @ g.T
+    gram = torch.zeros(len(y), len(y), dtype=deltas[0].dtype, device=deltas[0].device)
+    for m, d in zip(linears, deltas):
+        a = acts[m].detach()
+        gram += (d @ d.T) * (a @ a.T + (1.0 if m.bias is not None and m.bias.requires_grad else 0.0))
+    return gram
 
 
 class GSSBuffer(Storage):
@@ -87,10 +118,6 @@ class GSS(Strategy):
             x, y, t = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([t, mem["t"]])
         return F.cross_entropy(self.forward(x, t), y)
 
-    def scores(self, x: Tensor, y: Tensor, memory_grads: Tensor) -> Tensor:
-        """max_j cos(g_i, G_j) + 1 for each row of per-sample gradients of (x, y)."""
-        return max_cosine(per_sample_grads(self.model, x, y), memory_grads) + 1
-
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         # 2. greedy selection of the incoming samples (network in eval mode, as the authors and Mammoth)
@@ -102,35 +129,37 @@ class GSS(Strategy):
             for m, mode in modes:
                 m.training = mode
 
-    def batch_score(self, batch: Batch) -> tuple[float, Optional[Tensor]]:
-        """(c_B, G): the batch gradient's max cosine + 1 with the gradients G of random stored samples."""
+    def similarity(self, batch: Batch) -> tuple[float, Tensor]:
+        """(c_B, c): c_B = max_j cos(grad CE(B), G_j) + 1 and c_i = max_j cos(grad CE(x_i, y_i), G_j) + 1, with G_j
+        the single-sample gradients of `score_batch_size` random stored samples."""
         if self.buffer.seen == 0:
-            return 0.1, None                              # Mammoth's score for the very first batch
+            return 0.1, torch.full((len(batch.y),), 0.1)   # Mammoth's score for the very first batch
         mem = self.buffer.sample(int(self.hp.score_batch_size))
-        mem_g = per_sample_grads(self.model, mem["x"], mem["y"])
-        with torch.enable_grad():
-            g = flat_grad(self.model, F.cross_entropy(self.model(batch.x), batch.y))
-        return float(max_cosine(g.unsqueeze(0), mem_g)) + 1, mem_g
+        n = len(batch.y)
+        k = gradient_gram(self.model, torch.cat([batch.x, mem["x"]]), torch.cat([batch.y, mem["y"]])).double()
+        norm = k.diagonal().clamp_min(0).sqrt()
+        cross = k[:n, n:]                                   # <g_i, G_j>
+        # the batch gradient is the mean of its samples' gradients: <g_B, G_j> = mean_i <g_i, G_j>
+        batch_cos = cross.mean(0) / (k[:n, :n].mean().clamp_min(0).sqrt() * norm[n:]).clamp_min(1e-12)
+        single_cos = cross / (norm[:n].view(-1, 1) * norm[n:].view(1, -1)).clamp_min(1e-12)
+        return float(batch_cos.max()) + 1, (single_cos.max(1).values + 1).cpu()
 
     def select(self, batch: Batch) -> None:
         buf, n = self.buffer, len(batch.y)
         fields = {"x": batch.x, "y": batch.y, "t": batch.t}
-        batch_c, mem_g = self.batch_score(batch)
+        batch_c, single = self.similarity(batch)
         fit = max(0, min(n, buf.capacity - buf.seen))     # not full: store with the batch score
         if fit:
             buf.put(fields, torch.arange(fit), torch.arange(buf.seen, buf.seen + fit), batch_c)
             buf.seen += fit
             self.n_inserted += fit
         self.n_offered += n
-        if fit == n:
-            return
-        single = self.scores(batch.x[fit:], batch.y[fit:], mem_g) if batch_c < 1 else None
         for i in range(fit, n):
-            if single is not None:                        # full: compete only if the batch disagrees with memory
+            if batch_c < 1:                               # full: compete only if the batch disagrees with memory
                 s = buf.data["score"][:buf.size].double().cpu()
                 s = s if float(s.sum()) > 0 else torch.ones_like(s)
                 k = int(torch.multinomial(s / s.sum(), 1, generator=self.generator))
-                c_i = float(single[i - fit])
+                c_i = float(single[i])
                 if float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < float(s[k]) / (float(s[k]) + c_i):
                     buf.put(fields, torch.tensor([i]), torch.tensor([k]), c_i)
                     self.n_inserted += 1

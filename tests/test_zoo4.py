@@ -192,21 +192,29 @@ def test_gss_a_batch_agreeing_with_memory_never_enters_a_full_buffer():
 def test_gss_evicts_in_proportion_to_the_stored_scores_and_replaces_with_probability_s_over_s_plus_c():
     s, exps = make("gss", "strategy.buffer_size=8")
     s.select(exps[0].train.get(torch.arange(8)))
-    s.batch_score = lambda batch: (0.0, None)                     # the batch points away from the memory
     s.buffer.data["score"][:] = 0.0
     s.buffer.data["score"][5] = 1.5                              # the only stored sample with a non-zero score
-    s.scores = lambda x, y, g: torch.zeros(len(y))                # a candidate orthogonal to the memory: c = 0
+    # the batch points away from the memory (c_B < 1) and the candidate is orthogonal to it (c = 0)
+    s.similarity = lambda batch: (0.0, torch.zeros(len(batch.y)))
     one = exps[1].train.get(torch.tensor([0]))
     s.select(one)                                                 # draws slot 5, replaces it with probability 1
     assert int(s.buffer.data["y"][5]) == int(one.y[0]) and float(s.buffer.data["score"][5]) == 0.0
     # equal stored scores s = 1 and candidate score c = 1: each offer enters with probability 1 / (1 + 1)
-    s.buffer.data["score"][:] = 1.0
-    s.scores = lambda x, y, g: torch.ones(len(y))
+    s.similarity = lambda batch: (0.5, torch.ones(len(batch.y)))
     before = s.n_inserted
     for _ in range(400):
-        s.select(one)
         s.buffer.data["score"][:] = 1.0
+        s.select(one)
     assert 0.4 < (s.n_inserted - before) / 400 < 0.6
+
+
+def test_gss_gradient_gram_is_the_inner_product_of_per_sample_gradients():
+    from clbench.strategies.gss import gradient_gram
+    from clbench.strategies.parts import per_sample_grads
+    s, exps = make("gss")
+    b = exps[0].train.get(torch.arange(12))
+    g = per_sample_grads(s.model, b.x, b.y)
+    assert torch.allclose(gradient_gram(s.model, b.x, b.y), g @ g.T, rtol=1e-4, atol=1e-6)
 
 
 # ----- X-DER ---------------------------------------------------------------------------------------------------------
