@@ -88,11 +88,12 @@ def matches(group: dict, entry: dict) -> bool:
 
 
 def fmt(stat: Optional[dict]) -> str:
+    """mean ± std (n) of a cell, already in %."""
     if not stat or stat.get("mean") is None:
         return "not run"
-    s = f"{100 * stat['mean']:.2f}"
+    s = f"{stat['mean']:.2f}"
     if stat.get("std") is not None:
-        s += f" ± {100 * stat['std']:.2f}"
+        s += f" ± {stat['std']:.2f}"
     return s + f" ({stat['n']})"
 
 
