@@ -22,13 +22,17 @@ stored samples whose own gradients were most similar to the memory's (high s_k):
 least redundant gradients.
 
 Deviations: from the authors, the update (one step on the concatenated batch, Mammoth's `batch_num=1`) rather than
-`n_iter` alternating stream and replay steps, and single-sample memory gradients (Mammoth) rather than gradients of
-random memory batches; from Mammoth, the replay sample is uniform without replacement (Mammoth's "fathom" sweep
+`n_iter` alternating stream and replay steps, single-sample memory gradients (Mammoth) rather than gradients of
+random memory batches, and eviction drawn in proportion to the raw stored scores (Mammoth) rather than to min-max
+normalised ones; from Mammoth, the replay sample is uniform without replacement (Mammoth's "fathom" sweep
 over a fresh permutation gives the same distribution at batch_num=1). The cosines come from the Gram matrix of the
 per-sample gradients (`gradient_gram`: exact, computed from layer activations and output gradients for MLPs, so no
-per-sample gradient is ever formed; other networks use torch.func per-sample gradients).
+per-sample gradient is ever formed; other networks use torch.func per-sample gradients). In task-IL the scoring
+gradients are those of the masked loss that is trained.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +45,9 @@ from clbench.strategy import Strategy
 from clbench.stream import Batch
 
 
-def gradient_gram(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """K[i, j] = <grad CE(x_i, y_i), grad CE(x_j, y_j)> over the trainable parameters.
+def gradient_gram(model: nn.Module, x: Tensor, y: Tensor, head=None, t: Optional[Tensor] = None) -> Tensor:
+    """K[i, j] = <grad CE(x_i, y_i), grad CE(x_j, y_j)> over the trainable parameters, the cross-entropy taken on
+    `head(model(x), t)` when a head is given (task-IL masking, as in training).
 
     When every trainable parameter sits in an nn.Linear layer (the MLPs), a sample's gradient for a layer is
     delta_i a_i^T (and delta_i for the bias), so K = sum over layers of (delta delta^T) * (a a^T + 1): one forward
@@ -52,7 +57,7 @@ def gradient_gram(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     in_linears = sum(p.numel() for m in linears for p in m.parameters() if p.requires_grad)
     if in_linears != sum(p.numel() for p in model.parameters() if p.requires_grad) or not all(
             m.weight.requires_grad for m in linears):
-        g = per_sample_grads(model, x, y)
+        g = per_sample_grads(model, x, y, head, t)
         return g @ g.T
     acts: dict = {}
     outs: dict = {}
@@ -63,13 +68,15 @@ def gradient_gram(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     hooks = [m.register_forward_hook(keep) for m in linears]
     try:
         with torch.enable_grad():
-            loss = F.cross_entropy(model(x), y, reduction="sum")     # a sum: each sample's delta is its own
+            out = model(x)
+            # a sum, not a mean: each sample's output gradient (delta) is then its own gradient
+            loss = F.cross_entropy(out if head is None else head(out, t), y, reduction="sum")
             deltas = torch.autograd.grad(loss, [outs[m] for m in linears])
     finally:
         for h in hooks:
             h.remove()
     if any(acts[m].dim() != 2 for m in linears):            # a layer applied per position: not this formula
-        g = per_sample_grads(model, x, y)
+        g = per_sample_grads(model, x, y, head, t)
         return g @ g.T
     gram = torch.zeros(len(y), len(y), dtype=deltas[0].dtype, device=deltas[0].device)
     for m, d in zip(linears, deltas):
@@ -136,7 +143,9 @@ class GSS(Strategy):
             return 0.1, torch.full((len(batch.y),), 0.1)   # Mammoth's score for the very first batch
         mem = self.buffer.sample(int(self.hp.score_batch_size))
         n = len(batch.y)
-        k = gradient_gram(self.model, torch.cat([batch.x, mem["x"]]), torch.cat([batch.y, mem["y"]])).double()
+        head = self.mask_logits if self.task_aware else None    # the gradients of the loss that is trained
+        k = gradient_gram(self.model, torch.cat([batch.x, mem["x"]]), torch.cat([batch.y, mem["y"]]), head,
+                          torch.cat([batch.t, mem["t"]])).double()
         norm = k.diagonal().clamp_min(0).sqrt()
         cross = k[:n, n:]                                   # <g_i, G_j>
         # the batch gradient is the mean of its samples' gradients: <g_B, G_j> = mean_i <g_i, G_j>

@@ -192,18 +192,22 @@ def supcon(anchors: Tensor, anchor_labels: Tensor, contrast: Tensor, contrast_la
 
 
 # ----- per-sample gradients (GSS) ------------------------------------------------------------------------------
-def per_sample_grads(model: nn.Module, x: Tensor, y: Tensor, logits_fn=None) -> Tensor:
+def per_sample_grads(model: nn.Module, x: Tensor, y: Tensor, head=None, t: Optional[Tensor] = None) -> Tensor:
     """One flattened cross-entropy gradient per sample, shape (n, n_params), with torch.func (no parameter
-    update, no .grad written). `logits_fn(model_output, i)` may mask the logits (task-IL heads)."""
+    update, no .grad written). `head(logits, t)` maps the model's output to the trained logits (task-IL masking;
+    it must be vmap-safe), with `t` the samples' task labels."""
     from torch.func import functional_call, grad, vmap
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
+    t = torch.zeros_like(y) if t is None else t
 
-    def loss_one(p, xi, yi):
+    def loss_one(p, xi, yi, ti):
         out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        if head is not None:
+            out = head(out, ti.unsqueeze(0))
         return F.cross_entropy(out, yi.unsqueeze(0))
 
-    g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    g = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(params, x, y, t)
     return torch.cat([g[k].reshape(len(x), -1) for k in params], 1)
 
 

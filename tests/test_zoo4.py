@@ -217,6 +217,34 @@ def test_gss_gradient_gram_is_the_inner_product_of_per_sample_gradients():
     assert torch.allclose(gradient_gram(s.model, b.x, b.y), g @ g.T, rtol=1e-4, atol=1e-6)
 
 
+def test_gss_scores_task_il_samples_by_the_gradient_of_their_masked_loss():
+    from clbench.strategies.gss import gradient_gram
+    from clbench.strategies.parts import per_sample_grads
+    s, exps = make("gss", "scenario.name=task_incremental")
+    s.train(exps[0])
+    b1, b0 = exps[1].train.get(torch.arange(6)), exps[0].train.get(torch.arange(6))
+    x, y, t = torch.cat([b0.x, b1.x]), torch.cat([b0.y, b1.y]), torch.cat([b0.t, b1.t])
+    g = per_sample_grads(s.model, x, y, s.mask_logits, t)
+    assert torch.allclose(gradient_gram(s.model, x, y, s.mask_logits, t), g @ g.T, rtol=1e-4, atol=1e-6)
+    # a sample's masked loss has no gradient on the classifier rows of the other tasks' classes
+    head = s.model.classifier
+    rows = g[:, -head.weight.numel() - head.bias.numel():-head.bias.numel()].reshape(12, 10, -1).abs().amax(2)
+    own = s.class_mask[t]
+    assert float(rows[~own].max()) == 0.0 and bool((rows[own] > 0).all())
+    unmasked = per_sample_grads(s.model, x, y)
+    assert not torch.allclose(g, unmasked)
+    # and GSS scores a candidate by those masked gradients: c_i = max_j cos(g_i, G_j) + 1
+    state = s.generator.get_state()
+    mem = s.buffer.sample(int(s.hp.score_batch_size))
+    s.generator.set_state(state)
+    s.model.eval()
+    _, c = s.similarity(b1)
+    gb = per_sample_grads(s.model, b1.x, b1.y, s.mask_logits, b1.t)
+    gm = per_sample_grads(s.model, mem["x"], mem["y"], s.mask_logits, mem["t"])
+    want = F.cosine_similarity(gb.unsqueeze(1), gm.unsqueeze(0), dim=2).max(1).values + 1
+    assert torch.allclose(c.float(), want, atol=1e-4)
+
+
 # ----- X-DER ---------------------------------------------------------------------------------------------------------
 def test_xder_future_past_update_damps_transplanted_logits_below_the_ground_truth():
     from clbench.strategies.xder import damp, first_occurrences
