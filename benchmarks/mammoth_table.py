@@ -25,6 +25,7 @@ from typing import Any, Optional
 import yaml
 
 from clbench.report import aggregate, load_results
+from clbench.sweep import SUPERSEDED
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "benchmarks" / "mammoth_published.yaml"
@@ -66,11 +67,16 @@ def protocol_changes(result: dict, entry: dict) -> list[str]:
     return out
 
 
+def current(results: list[dict], folder: Path) -> list[dict]:
+    """The results a sweep still counts: not those it moved to `<out>/superseded/` (made by other code or data)."""
+    return [r for r in results if SUPERSEDED not in Path(r["_path"]).relative_to(folder).parts]
+
+
 def load_groups(folders: list[Path]) -> list[dict]:
     """One dict per group of seeds: the report row, a representative result, and the runs' total time."""
     groups = []
     for folder in folders:
-        results = load_results(folder)
+        results = current(load_results(folder), folder)
         by_id = {r.get("run_id"): r for r in results}
         for row in aggregate(results):
             runs = [by_id[i] for i in row["run_ids"] if i in by_id]

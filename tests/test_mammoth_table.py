@@ -76,3 +76,10 @@ def test_every_published_value_is_a_number_or_null_and_every_column_is_known():
     # spot checks against the DER paper's Table 2 (Mammoth README at its first commit)
     m = data["methods"]
     assert m["DER++"]["cells"]["perm-mnist/acc"][500] == 88.21 and m["iCaRL"]["cells"]["seq-mnist/acc"][200] == 70.51
+
+
+def test_runs_a_sweep_superseded_are_left_out(tmp_path):
+    out = tmp_path / "sweeps" / "icarl"
+    results = [{"_path": str(out / "seq-mnist_icarl_s0_1")},
+               {"_path": str(out / "superseded" / "seq-mnist_icarl_s0_1.aaaaaaaa-bbbbbbbb")}]
+    assert mt.current(results, out) == results[:1]
