@@ -85,6 +85,28 @@ def load_groups(folders: list[Path]) -> list[dict]:
     return groups
 
 
+def commands(groups: list[dict]) -> list[str]:
+    """The sweep commands that made the runs in the table: `clbench sweep sweep=<file>` plus whatever the runs were
+    given beyond the sweep file (the benchmarks run, when the file's grid has more; a variant's keys)."""
+    made: dict[tuple, set] = {}
+    for g in groups:
+        manifest = Path(g["folder"]) / "sweep.json"
+        name = json.loads(manifest.read_text()).get("sweep") if manifest.is_file() else None
+        spec_file = ROOT / "configs" / "sweep" / f"{name}.yaml"
+        if not name or not spec_file.is_file():
+            continue
+        spec = yaml.safe_load(spec_file.read_text()) or {}
+        fixed = set(spec.get("overrides") or {}) | set(spec.get("grid") or {}) | {"out"}
+        overrides = (g["result"].get("config_source") or {}).get("overrides", [])
+        extra = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+") not in fixed)
+        made.setdefault((name, extra, "benchmark" in (spec.get("grid") or {})), set()).add(g["row"]["benchmark"])
+    out = []
+    for (name, extra, bench_axis), benches in sorted(made.items()):
+        words = ["clbench sweep", f"sweep={name}"] + ([f"benchmark={','.join(sorted(benches))}"] if bench_axis else [])
+        out.append(" ".join(words + list(extra)))
+    return out
+
+
 def matches(group: dict, entry: dict) -> bool:
     cfg = group["result"]["config"]
     if cfg["strategy"]["name"] != entry["strategy"]:
@@ -157,7 +179,7 @@ def summary(cells: list[dict]) -> dict:
             "run_hours": sum(c["seconds"] for c in cells) / 3600}
 
 
-def markdown(cells: list[dict], stats: dict, published: dict, command: str) -> str:
+def markdown(cells: list[dict], stats: dict, published: dict, command: str, sweeps: list[str] = ()) -> str:
     lines = [
         "# Reproduction: clbench against Mammoth's MNIST table",
         "",
@@ -195,6 +217,9 @@ def markdown(cells: list[dict], stats: dict, published: dict, command: str) -> s
             note.append(c["protocol"])
         lines.append(f"| {c['method']} | {c['heading']} | {c['buffer']} | {fmt(c['clbench'])} | {pub} | {gap} | "
                      f"{'; '.join(note)} |")
+    if sweeps:
+        lines += ["", "The runs behind the table (each with `CLBENCH_DATA=<root holding MNIST/raw>`):", ""]
+        lines += [f"    {c}" for c in sweeps]
     lines += ["", "Sources of the published values:", ""]
     for key, text in (published.get("sources") or {}).items():
         lines.append(f"- `{key}`: {text}")
@@ -215,16 +240,18 @@ def main(argv=None) -> int:
     folders = args.sweeps if args.sweeps is not None else sorted(p for p in (ROOT / "sweeps" / "mammoth").glob("*")
                                                                    if p.is_dir())
     published = yaml.safe_load(args.published.read_text())
-    cells, warnings = build(published, load_groups(folders))
+    groups = load_groups(folders)
+    cells, warnings = build(published, groups)
+    sweeps = commands(groups)
     stats = summary(cells)
     for w in warnings:
         print(f"mammoth_table: {w}", file=sys.stderr)
     command = "python benchmarks/mammoth_table.py" + (
         " --sweeps " + " ".join(str(f) for f in args.sweeps) if args.sweeps is not None else "")
     args.md.parent.mkdir(parents=True, exist_ok=True)
-    args.md.write_text(markdown(cells, stats, published, command))
+    args.md.write_text(markdown(cells, stats, published, command, sweeps))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"summary": stats, "cells": cells, "warnings": warnings}, indent=1) + "\n")
+    args.json.write_text(json.dumps({"summary": stats, "cells": cells, "sweeps": sweeps, "warnings": warnings}, indent=1) + "\n")
     print(f"{stats['within_1']}/{stats['cells_compared']} cells within 1 point, {stats['within_2']} within 2; "
           f"{stats['cells_measured']} measured, {stats['cells_not_run']} not run; {stats['run_hours']:.2f} h of runs. "
           f"Wrote {args.md} and {args.json}")

@@ -83,3 +83,19 @@ def test_runs_a_sweep_superseded_are_left_out(tmp_path):
     results = [{"_path": str(out / "seq-mnist_icarl_s0_1")},
                {"_path": str(out / "superseded" / "seq-mnist_icarl_s0_1.aaaaaaaa-bbbbbbbb")}]
     assert mt.current(results, out) == results[:1]
+
+
+def test_the_sweep_commands_behind_the_table_name_the_benchmarks_run_and_the_variant_keys(tmp_path):
+    (tmp_path / "sweep.json").write_text('{"sweep": "mammoth-replay"}')
+    common = ["eval.batch_size=10000", "wandb.mode=disabled", "progress=false", "strategy=replay", "seed=0",
+              f"out={tmp_path}"]
+    groups = [group("replay", "seq-mnist", 80.0, buffer=200, overrides=["strategy.buffer_size=200"]),
+              group("replay", "rot-mnist", 85.0, buffer=200, overrides=["strategy.buffer_size=200"]),
+              group("replay", "seq-mnist", 81.0, buffer=200, overrides=["strategy.buffer_size=200",
+                                                                       "strategy.mem_batch_size=5"])]
+    for g in groups:
+        g["folder"] = str(tmp_path)
+        g["result"]["config_source"]["overrides"] += common
+    assert mt.commands(groups) == [
+        "clbench sweep sweep=mammoth-replay benchmark=rot-mnist,seq-mnist",
+        "clbench sweep sweep=mammoth-replay benchmark=seq-mnist strategy.mem_batch_size=5"]
