@@ -35,9 +35,11 @@ COLUMNS = {  # column key -> heading
     "perm-mnist/acc": "P-MNIST Domain-IL",
     "rot-mnist/acc": "R-MNIST Domain-IL",
 }
-# Overrides every sweep passes that do not change the protocol (or name the cell itself).
+# Overrides every sweep passes that do not change the protocol (or name the cell itself). `threads` changes the
+# arithmetic (float sums in another order), not the protocol: it is recorded with every run, not flagged.
 PROTOCOL_NEUTRAL = {"seed", "stream_seed", "out", "benchmark", "strategy", "strategy.buffer_size", "eval.batch_size",
-                    "wandb.mode", "progress", "data.root", "device", "checkpoint.enabled", "checkpoint.every_steps"}
+                    "wandb.mode", "progress", "data.root", "device", "checkpoint.enabled", "checkpoint.every_steps",
+                    "threads"}
 
 
 def flat(d: dict, prefix: str = "") -> dict:
