@@ -42,6 +42,12 @@ PROTOCOL_NEUTRAL = {"seed", "stream_seed", "out", "benchmark", "strategy", "stra
                     "threads"}
 
 
+def shown(folder: str) -> str:
+    """A sweep folder as written in the outputs: relative to the repository when inside it."""
+    p = Path(folder).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -162,12 +168,12 @@ def build(published: dict, groups: list[dict]) -> tuple[list[dict], list[str]]:
                     "protocol": entry.get("protocol"),
                     "changes": protocol_changes(g["result"], entry) if g else [],
                     "seconds": g["seconds"] if g and metric == "acc" else 0.0,   # a run counted once, not per column
-                    "note": note, "folder": g["folder"] if g else None,
+                    "note": note, "folder": shown(g["folder"]) if g else None,
                 })
     for g in groups:
         if id(g) not in used:
-            warnings.append(f"runs in {g['folder']} ({g['row']['benchmark']}, {g['row']['label']}) match no entry of "
-                            f"{PUBLISHED.name}")
+            warnings.append(f"runs in {shown(g['folder'])} ({g['row']['benchmark']}, {g['row']['label']}) match no "
+                            f"entry of {PUBLISHED.name}")
     return cells, warnings
 
 
@@ -196,6 +202,21 @@ def markdown(cells: list[dict], stats: dict, published: dict, command: str, swee
         "R-MNIST: 20 tasks, domain-IL. ACC = mean test accuracy over all tasks after the last one. Sweeps: "
         "`configs/sweep/mammoth-<method>.yaml` (3 seeds each); published values and their sources: "
         "`benchmarks/mammoth_published.yaml` (Mammoth: the DER paper's Table 2, 10 runs each).",
+        "",
+        "Differences from Mammoth's runs, for every cell:",
+        "",
+        "- seeds: clbench shows mean ± sample std over 3 seeds (0, 1, 2), Mammoth's table the mean of 10 unseeded "
+        "runs (no spread published), so a gap smaller than about two clbench std is not evidence of a "
+        "difference;",
+        "- random draws: data order, initialisation and memory sampling come from clbench's seeded generators, not "
+        "Mammoth's numpy/torch global state (same distributions, other draws); runs are single-threaded float32 CPU "
+        "runs (Mammoth's table: GPU);",
+        "- the method's own deviations from Mammoth's code, listed in each strategy's docstring and in "
+        "[strategies.md](strategies.md) (e.g. LwF: no warm-up of the new head, the standard T²-scaled KL instead "
+        "of Mammoth's smoothed-softmax distillation);",
+        "- a cell run with any setting beyond its preset says so in its note (`reduced/changed protocol`); P-MNIST "
+        "and R-MNIST (20 tasks of 60k samples, hours of single-core CPU per method) are not run yet: their sweep files "
+        "are ready (`clbench sweep sweep=mammoth-<method> benchmark=perm-mnist,rot-mnist`).",
         "",
         f"**{stats['within_1']} of {stats['cells_compared']}** compared cells are within 1 point of the published "
         f"value, **{stats['within_2']} of {stats['cells_compared']}** within 2 points. {stats['cells_measured']} cells "
@@ -253,7 +274,8 @@ def main(argv=None) -> int:
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.write_text(markdown(cells, stats, published, command, sweeps))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"summary": stats, "cells": cells, "sweeps": sweeps, "warnings": warnings}, indent=1) + "\n")
+    args.json.write_text(json.dumps({"summary": stats, "cells": cells, "sweeps": sweeps, "warnings": warnings},
+                                    indent=1) + "\n")
     print(f"{stats['within_1']}/{stats['cells_compared']} cells within 1 point, {stats['within_2']} within 2; "
           f"{stats['cells_measured']} measured, {stats['cells_not_run']} not run; {stats['run_hours']:.2f} h of runs. "
           f"Wrote {args.md} and {args.json}")

@@ -169,7 +169,8 @@ class GSS(Strategy):
                 s = s if float(s.sum()) > 0 else torch.ones_like(s)
                 k = int(torch.multinomial(s / s.sum(), 1, generator=self.generator))
                 c_i = float(single[i])
-                if float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < float(s[k]) / (float(s[k]) + c_i):
+                r = float(torch.rand(1, generator=self.generator, dtype=torch.float64))
+                if r < float(s[k]) / (float(s[k]) + c_i):          # replace with probability s_k / (s_k + c_i)
                     buf.put(fields, torch.tensor([i]), torch.tensor([k]), c_i)
                     self.n_inserted += 1
             buf.seen += 1
