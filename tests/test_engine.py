@@ -147,11 +147,11 @@ def test_intransigence_against_a_joint_reference_run(tmp_path):
 
 
 def test_a_callback_keeps_the_strategy_preset():
-    # derpp with the refresh callback on seq-mnist uses derpp's tuned preset, as plain derpp does
+    # derpp with the refresh callback on split-mnist uses derpp's tuned preset, as plain derpp does
     from clbench.config import compose
-    plain = compose(["benchmark=seq-mnist", "strategy=derpp"])["strategy"]
-    wrapped = compose(["benchmark=seq-mnist", "strategy=derpp", "callbacks=[refresh]"])
-    assert wrapped["strategy"] == plain and plain["alpha"] == 1.0   # the preset's value (buffer 500), not the default
+    plain = compose(["benchmark=split-mnist", "strategy=derpp"])["strategy"]
+    wrapped = compose(["benchmark=split-mnist", "strategy=derpp", "callbacks=[refresh]"])
+    assert wrapped["strategy"] == plain and plain["buffer_size"] == 500   # the preset's value, not the default
     assert set(wrapped["callbacks"]) == {"refresh"}
 
 
