@@ -104,9 +104,12 @@ def commands(groups: list[dict]) -> list[str]:
         if not name or not spec_file.is_file():
             continue
         spec = yaml.safe_load(spec_file.read_text()) or {}
-        fixed = set(spec.get("overrides") or {}) | set(spec.get("grid") or {}) | {"out"}
+        fixed = set(spec.get("overrides") or {}) | set(spec.get("grid") or {}) | {"out"} | (
+            {"threads"} if "threads" in spec else set())           # a run key at the top of sweep files
         overrides = (g["result"].get("config_source") or {}).get("overrides", [])
         extra = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+") not in fixed)
+        if spec.get("out") and shown(g["folder"]) != str(spec["out"]):
+            extra += (f"out={shown(g['folder'])}",)
         made.setdefault((name, extra, "benchmark" in (spec.get("grid") or {})), set()).add(g["row"]["benchmark"])
     out = []
     for (name, extra, bench_axis), benches in sorted(made.items()):

@@ -96,6 +96,7 @@ def test_the_sweep_commands_behind_the_table_name_the_benchmarks_run_and_the_var
     for g in groups:
         g["folder"] = str(tmp_path)
         g["result"]["config_source"]["overrides"] += common
+    out = f"out={tmp_path.resolve()}"                              # not the sweep file's out: named
     assert mt.commands(groups) == [
-        "clbench sweep sweep=mammoth-replay benchmark=rot-mnist,seq-mnist",
-        "clbench sweep sweep=mammoth-replay benchmark=seq-mnist strategy.mem_batch_size=5"]
+        f"clbench sweep sweep=mammoth-replay benchmark=rot-mnist,seq-mnist {out}",
+        f"clbench sweep sweep=mammoth-replay benchmark=seq-mnist strategy.mem_batch_size=5 {out}"]
