@@ -168,9 +168,10 @@ class BiC(Strategy):
             loss = F.cross_entropy(corrected(z, new, params)[:, seen], target) + 0.1 * params[1] ** 2 / 2
             loss.backward()
             opt.step()
+        params = params.detach()
         self.log("bic/beta", float(params[0]))
         self.log("bic/gamma", float(params[1]))
-        return params.detach()
+        return params
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
         logits = corrected(self.model(x), self.bias_classes, self.bias)
