@@ -81,17 +81,43 @@ class GEM(Strategy):
         self.memory = ReservoirBuffer(self.per_task * n_exp, self.device, self.generator)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_projected = self.n_steps = 0
+        # all task gradients in one vectorised call, unless batch norm would update running statistics
+        self.batched = not any(getattr(m, "track_running_stats", False) for m in self.model.modules())
 
     def memory_gradients(self) -> Tensor:
         """One row per past experience: the gradient of the loss on all of its memory."""
         mem = self.memory.contents()
+        groups = [(mem["experience"] == k).nonzero().squeeze(1) for k in torch.unique(mem["experience"]).tolist()]
+        if self.batched:
+            return self.batched_gradients(mem, groups)
         rows = []
-        for k in torch.unique(mem["experience"]).tolist():
-            sel = mem["experience"] == k
+        for sel in groups:
             self.optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(self.forward(mem["x"][sel], mem["t"][sel]), mem["y"][sel]).backward()
             rows.append(flat_grad(self.params))
         return torch.stack(rows)
+
+    def batched_gradients(self, mem: dict, groups: list[Tensor]) -> Tensor:
+        """The same rows from one vectorised call (torch.func): groups padded to one size with zero weights."""
+        from torch.func import functional_call, grad, vmap
+        size = max(len(g) for g in groups)
+        idx = torch.stack([torch.cat([g, g.new_zeros(size - len(g))]) for g in groups])
+        weight = torch.stack([(torch.arange(size, device=g.device) < len(g)).float() for g in groups])
+        x, y = mem["x"][idx], mem["y"][idx]
+        allowed = self.class_mask[mem["t"][idx]] if self.task_aware else None
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        buffers = {n: b for n, b in self.model.named_buffers()}
+
+        def group_loss(p, x, y, w, allowed):
+            logits = functional_call(self.model, (p, buffers), (x,))
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+            return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+
+        g = vmap(grad(group_loss), in_dims=(None, 0, 0, 0, 0 if allowed is not None else None))(
+            params, x, y, weight, allowed)
+        return torch.cat([g[n].reshape(len(groups), -1) for n in names], 1)
 
     def after_backward(self, batch: Batch) -> None:
         self.n_steps += 1
