@@ -173,8 +173,10 @@ class PackNet(Strategy):
         return out
 
     def predict(self, x: Tensor, task_id=None) -> Tensor:
+        """Task-IL: the task's network (its and earlier tasks' weights), masked to its head. Without a task id
+        (never in task-IL evaluation): the whole network, unmasked."""
         if task_id is None:
-            raise PluginError("strategy 'packnet' needs the task id at prediction (task-IL only)")
+            return self.model(x)
         from torch.func import functional_call
         logits = functional_call(self.model, self.masked_weights(int(task_id)), (x,))
         return self.mask_logits(logits, torch.full((len(x),), int(task_id), dtype=torch.long, device=x.device))

@@ -207,8 +207,10 @@ class PNN(Strategy):
         return self.outputs(x, t)
 
     def predict(self, x: Tensor, task_id=None) -> Tensor:
+        """Task-IL: the task's column, masked to its head. Without a task id (never in task-IL evaluation): the
+        newest column's unmasked output."""
         if task_id is None:
-            raise PluginError("strategy 'pnn' needs the task id at prediction (task-IL only)")
+            return self.model(x, len(self.model.columns) - 1)
         return self.outputs(x, torch.full((len(x),), int(task_id), dtype=torch.long, device=x.device))
 
     def load_state_dict(self, state: dict) -> None:

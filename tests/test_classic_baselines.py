@@ -411,3 +411,11 @@ def test_a_killed_run_resumes_bit_identically(tmp_path, name, extra):
     assert res["accuracy_matrix"] == ref["accuracy_matrix"]
     assert res["task_masked_accuracy_matrix"] == ref["task_masked_accuracy_matrix"]
     assert json.dumps(res["strategy_state"], sort_keys=True) == json.dumps(ref["strategy_state"], sort_keys=True)
+
+
+# ----- the conformance kit every plugin passes ----------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gem", "mas", "rwalk", "pnn", "packnet", "fdr", "hal"])
+def test_passes_the_conformance_kit(name):
+    from clbench.testing import check_strategy
+    checks = check_strategy(name)
+    assert {c.name for c in checks} >= {"declarations", "loss", "finite", "determinism", "resume", "sealed"}
