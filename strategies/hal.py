@@ -121,8 +121,7 @@ class HAL(Strategy):
         # 4. one anchor per class of the task, then the next task's feature EMA starts from zero
         phi = self.phi if self.phi is not None else torch.zeros(self.model.classifier.in_features, device=self.device)
         spare = self.finetuned_copy()
-        new = [self.anchor_for(c, spare, phi) for c in sorted(set(exp.classes))]
-        self.anchors = torch.cat([self.anchors, torch.stack(new)])
+        self.anchors = torch.cat([self.anchors, self.anchors_for(sorted(set(exp.classes)), spare, phi)])
         self.phi = None
 
     def finetuned_copy(self):
@@ -142,26 +141,29 @@ class HAL(Strategy):
         logits = model(x)
         return self.mask_logits(logits, t) if self.task_aware else logits
 
-    def anchor_for(self, c: int, spare, phi: Tensor) -> Tensor:
-        """Optimise an input e (in [0, 1] units) to be forgotten by theta_m, kept by theta, near phi."""
+    def anchors_for(self, classes: list[int], spare, phi: Tensor) -> Tensor:
+        """Optimise one input e_c per class (in [0, 1] units) to be forgotten by theta_m, kept by theta, near phi.
+        The anchors are optimised together: each one's loss involves only itself, so summing the losses gives
+        every anchor the gradient it would get alone (Mammoth loops over the classes)."""
         scale = float(getattr(self.model.normalize, "scale", 1.0))
-        e = torch.rand(self.info.input_shape, generator=self.generator).to(self.device).requires_grad_(True)
+        e = torch.rand((len(classes), *self.info.input_shape), generator=self.generator).to(self.device)
+        e.requires_grad_(True)
         opt = torch.optim.SGD([e], lr=float(self.train_cfg["lr"]))
-        y = torch.tensor([c], device=self.device)
-        t = torch.tensor([self.current_task if self.current_task is not None else 0], device=self.device)
+        y = torch.tensor(classes, device=self.device)
+        t = torch.full_like(y, self.current_task if self.current_task is not None else 0)
         frozen = [p.requires_grad for p in self.model.parameters()]
         self.model.requires_grad_(False)
         for _ in range(int(self.hp.anchor_steps)):
             opt.zero_grad(set_to_none=True)
-            x = (e * scale).unsqueeze(0)
-            loss = (-F.cross_entropy(self.forward_with(spare, x, t), y)
-                    + F.cross_entropy(self.forward_with(self.model, x, t), y)
+            x = e * scale
+            loss = (-F.cross_entropy(self.forward_with(spare, x, t), y, reduction="sum")
+                    + F.cross_entropy(self.forward_with(self.model, x, t), y, reduction="sum")
                     + float(self.hp.gamma) * ((self.features(self.model, x) - phi) ** 2).sum())
             loss.backward()
             opt.step()
         for p, rg in zip(self.model.parameters(), frozen):
             p.requires_grad_(rg)
-        return (e.detach() * scale)
+        return e.detach() * scale
 
     def extra_state(self) -> dict:
         return {"buffer": self.buffer.state(), "anchors": len(self.anchors)}

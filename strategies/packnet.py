@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clbench.errors import ConfigError, PluginError
+from clbench.errors import ConfigError, PluginError, bad_value
 from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
@@ -67,8 +67,8 @@ class PackNet(Strategy):
             raise ConfigError("strategy 'packnet' found no shared Linear/Conv weights to prune")
         prune = self.hp.prune
         if isinstance(prune, list) and len(prune) != self.info.n_experiences:
-            raise ConfigError(f"bad value for 'strategy.prune': expected one fraction per task "
-                              f"({self.info.n_experiences}), got {len(prune)}")
+            raise bad_value("strategy.prune", f"expected one fraction per task ({self.info.n_experiences}), "
+                                              f"got {len(prune)}")
         # owner of every shared weight: 0 = free, j = the j-th task learned
         self.owner = {n: torch.zeros_like(p, dtype=torch.int16) for n, p in self.shared.items()}
         self.task_order: list[int] = []
