@@ -37,8 +37,13 @@ def collect(folders: list[Path]) -> dict:
         for manifest in sorted(folder.rglob("sweep.json")):
             for run in json.loads(manifest.read_text())["runs"]:
                 cell = cells.setdefault(benchmark_of(run["overrides"]), {}).setdefault(
-                    lambda_of(run["overrides"]), {"done": 0, "diverged": 0})
-                cell["done" if run["status"] in ("done", "cached") else "diverged"] += 1
+                    lambda_of(run["overrides"]), {"done": 0, "diverged": 0, "other": 0})
+                if run["status"] in ("done", "cached"):
+                    cell["done"] += 1
+                elif run["status"] == "failed" and str(run.get("error", "")).startswith("TrainingDiverged"):
+                    cell["diverged"] += 1
+                else:                                          # pending, or failed for another reason
+                    cell["other"] += 1
             results = load_results(manifest.parent)
             for r in results:                                  # score the validation split, never the test split
                 r["metrics"] = r["validation_metrics"]
@@ -50,6 +55,9 @@ def collect(folders: list[Path]) -> dict:
 
 
 def choose(per_lambda: dict):
+    """None until every run of the benchmark has an outcome (done or diverged)."""
+    if any(c["other"] for c in per_lambda.values()):
+        return None
     stable = {lam: c for lam, c in per_lambda.items() if c["diverged"] == 0 and c.get("acc")}
     return max(stable, key=lambda lam: stable[lam]["acc"]["mean"]) if stable else None
 
@@ -69,14 +77,15 @@ def main(argv=None) -> int:
     if not cells:
         print(f"no sweep.json under {', '.join(map(str, args.folders))}: run the sweeps first", file=sys.stderr)
         return 1
-    lines = ["| benchmark | lambda | runs | diverged | validation ACC (%) | validation ACC task-masked (%) | chosen |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| benchmark | lambda | runs | diverged | not finished | validation ACC (%) | "
+             "validation ACC task-masked (%) | chosen |", "|---|---|---|---|---|---|---|---|"]
     chosen = {}
     for bench in sorted(cells):
         chosen[bench] = choose(cells[bench])
         for lam in sorted(cells[bench]):
             c = cells[bench][lam]
-            lines.append(f"| {bench} | {lam:g} | {c['done'] + c['diverged']} | {c['diverged']} | {pm(c.get('acc'))} "
+            lines.append(f"| {bench} | {lam:g} | {c['done'] + c['diverged'] + c['other']} | {c['diverged']} "
+                         f"| {c['other']} | {pm(c.get('acc'))} "
                          f"| {pm(c.get('acc_task_masked'))} | {'**yes**' if lam == chosen[bench] else ''} |")
     table = "\n".join(lines)
     print(table)

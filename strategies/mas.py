@@ -73,7 +73,8 @@ class MAS(Strategy):
     code = "rahafaljundi/MAS-Memory-Aware-Synapses MAS_utils/MAS_based_Training.py"
     hparams = {
         "mas_lambda": HP(0.1, "penalty weight lambda (the A-GEM repo's MAS run on PMNIST: 0.1; lr * lambda * max "
-                              "Omega above 1 makes the penalty step diverge)", low=0, search=loguniform(0.001, 10)),
+                              "Omega above 1 makes the penalty step diverge: presets per benchmark, chosen on a "
+                              "validation split)", low=0, search=loguniform(0.001, 10)),
         "importance_batch_size": HP(1, "samples per importance gradient (1: per sample, the paper; the authors' "
                                        "code: its training batch)", low=1),
         "importance_samples": HP(None, "training samples of each task used for the importance (null: all)",
