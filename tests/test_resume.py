@@ -15,6 +15,7 @@ from clbench.strategy import Callback
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
             "hlop", "owm", "clser",
+            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss",
             "gem", "mas", "rwalk", "pnn", "packnet", "fdr", "hal"]
 FAST = ["benchmark=split-digits", "dataset.train_per_class=30", "train.epochs=2", "train.batch_size=10",
         "wandb.mode=disabled", "progress=false", "device=cpu"]
