@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -56,6 +57,8 @@ class StreamInfo:
     input_shape: tuple
     task_classes: dict = field(default_factory=dict)
 
+
+LOG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,99}")   # the result schema's metric_name (schemas/defs.json)
 
 def make_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
     name, lr = train_cfg.get("optimizer", "sgd"), float(train_cfg["lr"])
@@ -381,7 +384,12 @@ class Strategy:
 
     # ----- logging and reporting ------------------------------------------------------------------
     def log(self, name: str, value) -> None:
-        """Log a scalar at the current step: it reaches the console, W&B and result.json's `logs`."""
+        """Log a scalar at the current step: it reaches the console, W&B and result.json's `logs`.
+        `name`: letters, digits, '_' and '.' (result.json's metric names, e.g. "bic.beta")."""
+        if not isinstance(name, str) or not LOG_NAME.fullmatch(name):
+            raise PluginError(f"strategy '{type(self).__name__}' ({type(self).__module__}): log(name, value) needs a "
+                              f"name of letters, digits, '_' and '.' starting with a letter (result.json's metric "
+                              f"names), got {name!r}")
         if isinstance(value, torch.Tensor):
             value = value.detach()
         self._logs.append((str(name), float(value)))

@@ -169,8 +169,8 @@ class BiC(Strategy):
             loss.backward()
             opt.step()
         params = params.detach()
-        self.log("bic/beta", float(params[0]))
-        self.log("bic/gamma", float(params[1]))
+        self.log("bic.beta", float(params[0]))
+        self.log("bic.gamma", float(params[1]))
         return params
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:

@@ -175,6 +175,25 @@ def test_a_strategy_logs_its_own_values_into_result_json(tmp_path):
     assert logs["ce"]["step"] == sorted(logs["ce"]["step"]) and set(logs["alpha_times_two"]["value"]) == {1.0}
 
 
+def test_a_log_name_the_result_schema_would_refuse_names_the_plugin(tmp_path):
+    """A name result.json cannot hold ('bic/beta') fails at the log call, naming the strategy, not when a later
+    reader skips the whole result as invalid."""
+    from clbench.errors import PluginError
+
+    class SlashLog(Logging):
+        def loss(self, batch):
+            self.log("group/value", 1.0)
+            return super().loss(batch)
+
+    STRATEGIES.register("slash_log_test", SlashLog)
+    try:
+        with pytest.raises(PluginError, match=r"SlashLog.*log\(name, value\).*'group/value'"):
+            run([*FAST, "strategy=slash_log_test", f"out={tmp_path}"], console=False)
+    finally:
+        STRATEGIES.unregister("slash_log_test")
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
 # ----- what a strategy may see -----------------------------------------------------------------------------
 class Probe(Strategy):
     """Collects every tensor storage reachable from everything it is given, at every hook."""
