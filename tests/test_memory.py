@@ -1,0 +1,57 @@
+"""Memory accounting in the unit of "A Model or 603 Exemplars" (Zhou et al., ICLR 2023): kept inputs in their
+stored dtype, kept models as their parameters and buffers, everything else a method keeps as stored."""
+
+from clbench.config import compose
+from clbench.engine import prepare
+from clbench.state import nbytes
+
+BASE = ["wandb.mode=disabled", "device=cpu", "train.epochs=1"]
+
+
+def trained(strategy: str, *extra: str, experiences: int = 1):
+    r = prepare(compose([f"strategy={strategy}", *BASE, *extra]))
+    for exp in r.stream.experiences[:experiences]:
+        r.strategy.train(exp.sealed())
+    return r.strategy
+
+
+def test_a_buffer_counts_the_samples_it_holds_not_its_capacity():
+    """Digits: 8x8 uint8 images, 64 bytes each. After one experience (288 samples) a 1000-slot buffer holds 288."""
+    s = trained("replay", "strategy.buffer_size=1000")
+    n = len(s.buffer)
+    assert n == 288
+    mem = s.memory_footprint()
+    assert mem["exemplar_bytes"] == n * 64                  # the images, uint8
+    assert mem["other_state_bytes"] == n * (8 + 8)          # their int64 label and task id
+    assert mem["total_bytes"] == mem["model_bytes"] + n * 80
+
+
+def test_stored_logits_are_kept_state_beside_the_exemplars():
+    s = trained("der", "strategy.buffer_size=100")
+    mem = s.memory_footprint()
+    assert mem["exemplar_bytes"] == 100 * 64
+    assert mem["other_state_bytes"] == 100 * (8 + 8 + 10 * 4)   # label, task id, 10 float32 logits
+
+
+def test_samples_kept_outside_a_buffer_are_exemplars():
+    s = trained("cumulative", experiences=2)
+    n = sum(len(d["y"]) for d in s.seen)
+    mem = s.memory_footprint()
+    assert mem["exemplar_bytes"] == n * 64 and mem["other_state_bytes"] == n * 16
+
+
+def test_model_copies_count_as_extra_models():
+    lwf = trained("lwf")
+    assert lwf.memory_footprint()["extra_model_bytes"] == nbytes(lwf.model) > 0     # the teacher
+    clser = trained("clser", "strategy.buffer_size=50")
+    mem = clser.memory_footprint()
+    assert mem["extra_model_bytes"] == 2 * nbytes(clser.model)                     # plastic and stable EMAs
+    assert mem["exemplar_bytes"] == 50 * 64
+
+
+def test_parameter_sized_state_is_counted_once():
+    s = trained("si")
+    params = sum(p.numel() * 4 for p in s.model.parameters())
+    # SI keeps the previous parameters, the running path integral and the importance: three parameter copies
+    assert s.memory_footprint()["other_state_bytes"] == 3 * params
+    assert s.memory_footprint()["extra_model_bytes"] == 0
