@@ -434,8 +434,9 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
             preset, label = select_preset(presets, cfg["benchmark"]["name"], preset["strategy"]["buffer_size"])
         if not preset:
             continue
-        if name in callbacks:
-            preset = {**preset, "callbacks": {name: preset.pop("strategy", {})}}
+        if name in callbacks:   # a callback's preset sets callbacks.<name> (popped before the rest is copied)
+            own = preset.pop("strategy", {})
+            preset = {**preset, "callbacks": {name: own}}
         cfg = _merge(cfg, preset)
         source["presets"].append({"name": name, "preset": label, "file": origin})
 

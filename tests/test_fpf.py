@@ -105,3 +105,10 @@ def test_unknown_module_is_refused_naming_the_key():
                                     "callbacks.fpf.modules=[auto]"]])
 def test_resume_mid_experience_is_bit_identical(resumed_equals_uninterrupted, extra):
     resumed_equals_uninterrupted([*BASE, *extra], at=(2, 4))
+
+
+def test_a_callback_preset_sets_the_callback_keys_only():
+    """configs/strategy/fpf.yaml (seq-mnist) reaches callbacks.fpf and leaves the strategy's keys alone."""
+    cfg = compose(["benchmark=seq-mnist", "strategy=replay", "callbacks=[fpf]"])
+    assert cfg["callbacks"]["fpf"]["modules"] == ["classifier"] and cfg["callbacks"]["fpf"]["iters"] == 300
+    assert set(cfg["strategy"]) == {"name", "buffer_size", "buffer", "mem_batch_size"}
