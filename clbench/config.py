@@ -64,7 +64,7 @@ CORE: dict[str, dict[str, HP]] = {
         "epochs": HP(1, "passes over each experience's training data", low=1),
         "batch_size": HP(32, "stream samples per minibatch", low=1),
         "optimizer": HP("sgd", "optimizer, re-created at each experience unless reset_optimizer=false",
-                        choices=("sgd", "adam", "adamw")),
+                        choices=("sgd", "adam", "adamw", "adadelta")),
         "lr": HP(0.01, "learning rate", gt=0, search=loguniform(1e-4, 1.0)),
         "momentum": HP(0.0, "SGD momentum", low=0, high=0.999),
         "weight_decay": HP(0.0, "L2 weight decay", low=0),

@@ -65,6 +65,8 @@ def make_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adadelta":                  # SHARP's optimiser (lr 1.0)
+        return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
     raise PluginError(f"unknown optimizer {name!r}")
 
 
