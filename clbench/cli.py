@@ -83,7 +83,7 @@ def _add_leaderboard(sub):
 def cmd_report(args) -> int:
     from clbench.report import report
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics)
+    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics, memory=args.memory_plot)
     return 0
 
 
@@ -96,6 +96,9 @@ def _add_report(sub):
     p.add_argument("--out", default=None, help="where to write the report (default: PATH/report)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics for the table and chart (default: main ones)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--memory-plot", action="store_true",
+                   help="also compare at equal total memory: memory.md and accuracy against total memory "
+                        "(memory_<benchmark>.png); see docs/memory.md")
     p.set_defaults(func=cmd_report)
 
 

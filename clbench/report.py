@@ -190,13 +190,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
 
 
-def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None) -> dict:
-    """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
+def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
+                 memory: bool = False) -> dict:
+    """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths.
+    `memory`: also memory.md (configurations by total memory) and memory_<benchmark>.png (accuracy vs memory)."""
     from clbench import plots
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(results)
     written = []
+    if memory:   # (zoo3a, issue 16: the memory-aligned comparison, clbench/memory.py)
+        written += _write_memory(results, rows, out, figures)
     for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
         (out / name).write_text(render_table(rows, fmt=fmt, metrics=metrics if fmt != "csv" else None))
         written.append(out / name)
@@ -229,7 +233,8 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
     return {"rows": rows, "files": [str(p) for p in written]}
 
 
-def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[str]] = None, stream=None) -> dict:
+def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[str]] = None, stream=None,
+           memory: bool = False) -> dict:
     """Everything `clbench report` does: load, print the table, write files (default: PATH/report)."""
     stream = stream or sys.stdout
     results = load_results(path)
@@ -237,10 +242,34 @@ def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[
         raise FileNotFoundError(f"no result.json found under {path} (give a run folder or a folder of runs)")
     p = Path(path)
     out_dir = Path(out_dir) if out_dir else (p.parent if p.is_file() else p) / "report"
-    info = write_report(results, out_dir, figures=figures, metrics=metrics)
+    info = write_report(results, out_dir, figures=figures, metrics=metrics, memory=memory)
     print(f"{len(results)} run(s) in {len(info['rows'])} configuration(s) under {path}", file=stream)
     print(render_table(info["rows"], metrics=metrics), file=stream)
+    if memory:
+        from clbench.memory import equal_memory_table
+        print(equal_memory_table(info["rows"]), file=stream)
     print(f"wrote {len(info['files'])} file(s) to {out_dir}:", file=stream)
     for f in info["files"]:
         print(f"  {f}", file=stream)
     return info
+
+
+# ----- memory-aligned comparison (zoo3a, issue 16) ------------------------------------------------------------
+def _write_memory(results: list[dict], rows: list[dict], out: Path, figures: bool) -> list[Path]:
+    """Attach each row's memory summary (clbench/memory.py); write memory.md and one accuracy-vs-memory figure
+    per benchmark."""
+    from clbench import plots
+    from clbench.memory import equal_memory_table, summarize
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        bench, strat, gh = _key(r)
+        groups.setdefault((bench, strat, gh[:12]), []).append(r)
+    for row in rows:
+        row["memory"] = summarize(groups[(row["benchmark"], row["strategy"], row["group_hash"])])
+    (out / "memory.md").write_text(equal_memory_table(rows))
+    written = [out / "memory.md"]
+    if figures:
+        for bench in sorted({row["benchmark"] for row in rows}):
+            bench_rows = [row for row in rows if row["benchmark"] == bench]
+            written.append(plots.save(plots.memory_figure(bench_rows, title=bench), out / f"memory_{_slug(bench)}.png"))
+    return written

@@ -55,3 +55,23 @@ def test_parameter_sized_state_is_counted_once():
     # SI keeps the previous parameters, the running path integral and the importance: three parameter copies
     assert s.memory_footprint()["other_state_bytes"] == 3 * params
     assert s.memory_footprint()["extra_model_bytes"] == 0
+
+
+def test_report_compares_configurations_by_total_memory(tmp_path, capsys):
+    from clbench import cli
+    from clbench.engine import run
+    totals = {}
+    for strategy, extra in (("replay", ["strategy.buffer_size=50"]), ("naive", [])):
+        for seed in (0, 1):
+            r, _ = run([f"strategy={strategy}", *extra, f"seed={seed}", *BASE, f"out={tmp_path / 'runs'}",
+                        "progress=false"], console=False)
+            totals.setdefault(strategy, []).append(r["memory"]["total_bytes"])
+    assert totals["replay"][0] == totals["naive"][0] + 50 * 80          # 50 images of 64 bytes + labels
+    assert cli.main(["report", str(tmp_path / "runs"), "--memory-plot", "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "memory.md").read_text()
+    naive_line, replay_line = [line for line in table.splitlines() if line.startswith("| split-digits")]
+    assert "naive" in naive_line and "replay" in replay_line            # sorted by total memory
+    eq = float(replay_line.split("|")[5])
+    assert eq == round(totals["replay"][0] / 64)                        # exemplar-equivalents: total / one input
+    assert (tmp_path / "rep" / "memory_split-digits.png").stat().st_size > 0
+    assert "exemplar-equivalents" in capsys.readouterr().out
