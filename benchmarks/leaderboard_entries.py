@@ -47,16 +47,18 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
-def run_seeds(bench, strategy, extra, out: Path, data_root: str, rerun: bool = False) -> list[Path]:
+def run_seeds(bench, strategy, extra, out: Path, data_root: str) -> list[Path]:
+    """Run each seed, reusing a complete run only if the current code and data made it (its provenance)."""
     from clbench.config import compose, config_hash
     from clbench.engine import run
-    from clbench.results import is_complete, make_run_id
+    from clbench.provenance import current_identity, identity
+    from clbench.results import is_complete, load_result, make_run_id
     dirs = []
     for seed in SEEDS:
         cfg = compose([f"benchmark={bench}", f"strategy={strategy}", f"seed={seed}", f"out={out}",
                        "wandb.mode=disabled", "progress=false", f"data.root={data_root}", *extra])
         run_dir = out / make_run_id(cfg, config_hash(cfg))
-        if is_complete(run_dir) and not rerun:
+        if is_complete(run_dir) and identity(load_result(run_dir)) == current_identity(cfg):
             print(f"    seed {seed}: done before ({run_dir.name})")
         else:
             t0 = time.perf_counter()
@@ -88,7 +90,6 @@ def main(argv=None) -> int:
     from clbench.config import benchmark_names
     from clbench.leaderboard import build_submission, save_submission, validate_submission
     from clbench.leaderboard.render import render
-    from clbench.leaderboard.submission import sha256, strategy_sources
     from clbench.leaderboard.verify import verification_status, verify_submission
     from clbench.registry import STRATEGIES
 
@@ -112,16 +113,9 @@ def main(argv=None) -> int:
         print(f"{bench} / {strategy} {' '.join(extra)}")
         t0 = time.perf_counter()
         try:
-            # Runs are reused only while the strategy's source files are unchanged since the submission
-            # was built from them (the source hash is taken when the submission is built).
-            sources_now = sha256(strategy_sources(strategy))
-            old = [json.loads(p.read_text()) for p in subs_dir.glob(f"{bench}__*.json")]
-            old = [o for o in old if o["method"]["strategy"] == strategy and o["method"]["name"] == (name or strategy)]
-            rerun = any(o["method"]["source_hash"] != sources_now for o in old)
-            if rerun:
-                print("  the strategy's sources changed since its submission: re-running the seeds")
+            # Runs are reused only while their recorded code and data identity is the current one.
             dirs = run_seeds(bench, strategy, extra, Path(args.runs) / bench / slug(strategy + "".join(extra)),
-                             args.data_root, rerun)
+                             args.data_root)
             sub = build_submission(dirs, name=name)
             issues = validate_submission(sub)
             if issues:
