@@ -100,13 +100,6 @@ def test_unknown_module_is_refused_naming_the_key():
         make("strategy=kfpf", "strategy.modules=[head]")
 
 
-@pytest.mark.parametrize("extra", [["strategy=kfpf", "strategy.k=7", "strategy.iters=5", "strategy.kd=0.5"],
-                                   ["strategy=der", "callbacks=[fpf]", "callbacks.fpf.iters=5",
-                                    "callbacks.fpf.modules=[auto]"]])
-def test_resume_mid_experience_is_bit_identical(resumed_equals_uninterrupted, extra):
-    resumed_equals_uninterrupted([*BASE, *extra], at=(2, 4))
-
-
 def test_a_callback_preset_sets_the_callback_keys_only():
     """configs/strategy/fpf.yaml (seq-mnist) reaches callbacks.fpf and leaves the strategy's keys alone."""
     cfg = compose(["benchmark=seq-mnist", "strategy=replay", "callbacks=[fpf]"])

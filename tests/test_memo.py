@@ -97,7 +97,3 @@ def test_exemplars_and_growing_model_are_the_memory_it_keeps():
     fc_growth = (s.model.fc.weight.numel() - 10 * s.model.feat_dim) * 4
     aux = nbytes(s.model.aux_fc)
     assert grown == block + fc_growth + aux
-
-
-def test_resume_mid_experience_is_bit_identical(resumed_equals_uninterrupted):
-    resumed_equals_uninterrupted(BASE + ["train.epochs=1"], at=(2, 5))

@@ -93,7 +93,3 @@ def test_old_coding_vectors_stay_fixed_and_no_exemplars_are_kept():
     assert torch.equal(s.prototypes[:8], protos)   # old prototypes are never updated
     mem = s.memory_footprint()
     assert mem["exemplar_bytes"] == 0 and mem["extra_model_bytes"] > 0       # the teacher and the VQ
-
-
-def test_resume_mid_experience_is_bit_identical(resumed_equals_uninterrupted):
-    resumed_equals_uninterrupted(BASE, at=(1, 3))

@@ -91,7 +91,3 @@ def test_knn_votes_use_each_class_mask():
         logits = s.predict(torch.zeros(3, 1, 8, 8))
     assert logits.argmax(1).tolist() == [0, 1, 1]
     assert logits[0, 0] == 5.0 - 0.0 and logits[1, 1] == 5.0 - 1e-3
-
-
-def test_resume_across_a_phase_boundary_is_bit_identical(resumed_equals_uninterrupted):
-    resumed_equals_uninterrupted(BASE, at=(1, 12))       # 5 steps per epoch: inside the second phase
