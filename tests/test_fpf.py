@@ -89,10 +89,13 @@ def test_kfpf_replays_nothing_and_finetunes_k_times():
     s, exps = make("strategy=kfpf", "strategy.k=4", "strategy.iters=3")
     batch = exps[0].train.get(torch.arange(16))
     assert torch.allclose(s.loss(batch), F.cross_entropy(s.model(batch.x), batch.y))   # CE on the stream only
+    calls = []
+    s._fpf = lambda strategy, buffer, key: (calls.append(s.global_step), setattr(s, "n_fpf", s.n_fpf + 1))
     for e in exps:
         s.train(e)
-    # experiences differ slightly in size, so the estimate n_experiences x steps(first) may miss the last call
-    assert s.n_fpf in (3, 4) and s.period == -(-5 * -(-len(exps[0].train) // 16) // 4)
+    period = -(-5 * -(-len(exps[0].train) // 16) // 4)          # ceil(5 x steps of the first experience / k)
+    assert s.period == period
+    assert calls == [period, 2 * period, 3 * period, s.global_step]   # k - 1 periodic calls, the k-th at the end
 
 
 def test_unknown_module_is_refused_naming_the_key():
