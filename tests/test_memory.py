@@ -75,3 +75,14 @@ def test_report_compares_configurations_by_total_memory(tmp_path, capsys):
     assert eq == round(totals["replay"][0] / 64)                        # exemplar-equivalents: total / one input
     assert (tmp_path / "rep" / "memory_split-digits.png").stat().st_size > 0
     assert "exemplar-equivalents" in capsys.readouterr().out
+
+
+def test_summary_of_run_records_in_mib_and_exemplar_equivalents():
+    from clbench.memory import MIB, summarize
+    stream = {"dataset": {"input_shape": [3, 32, 32], "dtype": "uint8"}}
+    resnet32 = 463_504 * 4                     # the paper's example: one ResNet-32 = 603 CIFAR images
+    runs = [{"memory": {"total_bytes": resnet32 + d, "model_bytes": resnet32}, "stream": stream} for d in (0, 2)]
+    m = summarize(runs)
+    assert m["input_bytes"] == 3072
+    assert int(m["total_exemplar_equivalents"]) == 603 and m["total_mib"] == (resnet32 + 1) / MIB
+    assert m["total_bytes"]["std"] is not None and m["model_bytes"]["n"] == 2
