@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbench.errors import ConfigError
-from clbench.hparams import HP, loguniform
+from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy, make_optimizer
 from clbench.stream import Batch, Experience
 from clbench.strategies.representation import check_feature_model, embed
@@ -99,13 +99,15 @@ class NAPAVQ(Strategy):
     code = "TamashaM/NAPA-VQ NAPAVQ.py, losses/na_loss.py"
     hparams = {
         "temperature": HP(0.1, "T of the distance-based cross-entropy", gt=0),
-        "k": HP(15, "nearest coding vectors connected per sample in the graph update", low=1),
+        "k": HP(15, "nearest coding vectors connected per sample in the graph update", low=1,
+                search=randint(1, 15)),
         "edge_decay": HP(0.9, "eps: edge decay per visit (edges below eps^10 are pruned)", gt=0, high=1),
         "protoaug_weight": HP(10.0, "weight of the prototype-augmentation loss", low=0,
                               search=loguniform(0.1, 100)),
         "kd_weight": HP(10.0, "weight of ||f - f_old||_2 (feature distillation)", low=0,
                         search=loguniform(0.1, 100)),
-        "cv_lr": HP(5.0, "SGD learning rate of the coding vectors on the first task", gt=0),
+        "cv_lr": HP(5.0, "SGD learning rate of the coding vectors on the first task", gt=0,
+                    search=loguniform(0.05, 10)),
         "later_lr_factor": HP(0.1, "learning rates after the first task, relative to the first", gt=0),
         "rotations": HP(4, "self-supervised rotation labels per image (1: off)", choices=(1, 4)),
         "protoaug": HP("neighbours", "prototype augmentation: neighbours (NA-PA), gaussian (PASS-style "

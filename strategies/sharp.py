@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbench.errors import ConfigError
-from clbench.hparams import HP, loguniform
+from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
 from clbench.strategies.representation import supcon_loss
@@ -124,7 +124,7 @@ class SHARP(Strategy):
         "stm_num_tasks": HP(1, "episodes whose classes are replayed (also the freezing delay)", low=0),
         "mem_batch_size": HP(None, "replayed activations per step (null: train.batch_size)", type=int, low=1),
         "ltm_per_class": HP(25, "representations per class for the k-NN (long-term memory)", low=1),
-        "k": HP(5, "nearest LTM vectors voting", low=1),
+        "k": HP(5, "nearest LTM vectors voting", low=1, search=randint(1, 25)),
         "reinit": HP(True, "re-initialise the free units at the end of each episode"),
     }
     settings = ("class-il", "task-il")
