@@ -38,6 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
+from clbench.errors import bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic, write_text_atomic
 
@@ -274,9 +275,9 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         name = Path(out).name if out else "sweep-" + hashlib.sha256(
             json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
-        raise ConfigError(f"bad value for 'name': {name!r} (use letters, digits, '_', '.', '+', '-')")
+        raise bad_value("name", f"{name!r} (use letters, digits, '_', '.', '+', '-')")
     if settings.get("reuse", "same") not in REUSE:
-        raise ConfigError(f"bad value for 'reuse': expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
+        raise bad_value("reuse", f"expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)
     return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
                      source=source, description=description)
