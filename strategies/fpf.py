@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbench.buffer import Storage, make_buffer
-from clbench.errors import ConfigError
+from clbench.errors import bad_value
 from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Callback, Strategy
 from clbench.stream import Batch, Experience
@@ -71,8 +71,8 @@ def resolve_modules(model: nn.Module, names: list[str], key: str) -> list[str]:
         hits = [m for m, mod in mods.items() if (isinstance(mod, BN) if name == "bn" else
                                                    (m == name or m.startswith(name + ".")))]
         if not hits and name != "bn":
-            raise ConfigError(f"bad value for '{key}': the model has no module '{name}'; modules with parameters: "
-                              f"{', '.join(mods)}")
+            raise bad_value(key, f"the model has no module '{name}'; modules with parameters: "
+                            f"{', '.join(mods)}")
         chosen += [h for h in hits if h not in chosen]
     return chosen
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.errors import ConfigError
+from clbench.errors import ConfigError, bad_value
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience, TensorSplit
@@ -99,8 +99,8 @@ def split_features(model: nn.Module, n_specialized: int) -> tuple[nn.Sequential,
     layers = list(feats)
     with_params = [i for i, m in enumerate(layers) if any(True for _ in m.parameters())]
     if n_specialized > len(with_params):
-        raise ConfigError(f"bad value for 'strategy.specialized_layers': {n_specialized}; the model's features have "
-                          f"only {len(with_params)} parametrised layers")
+        raise bad_value("strategy.specialized_layers", f"{n_specialized}; the model's features have "
+                        f"only {len(with_params)} parametrised layers")
     cut = with_params[-n_specialized]
     return nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.errors import ConfigError
+from clbench.errors import bad_value
 from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy, make_optimizer
 from clbench.stream import Batch, Experience
@@ -122,8 +122,8 @@ class NAPAVQ(Strategy):
         dim = check_feature_model(self.model, "napavq")
         if int(self.hp.rotations) > 1 and (len(self.info.input_shape) != 3 or
                                            self.info.input_shape[1] != self.info.input_shape[2]):
-            raise ConfigError(f"bad value for 'strategy.rotations': rotation labels need square images, the stream "
-                              f"has inputs of shape {tuple(self.info.input_shape)} (set strategy.rotations=1)")
+            raise bad_value("strategy.rotations", f"rotation labels need square images, the stream "
+                            f"has inputs of shape {tuple(self.info.input_shape)} (set strategy.rotations=1)")
         n_labels = self.info.n_classes * int(self.hp.rotations)
         self.vq = NeuralGasVQ(n_labels, dim, self.generator, int(self.hp.k), float(self.hp.edge_decay)).to(self.device)
         self.cv_optimizer = torch.optim.SGD(self.vq.parameters(), lr=float(self.hp.cv_lr))

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.errors import ConfigError
+from clbench.errors import ConfigError, bad_value
 from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
@@ -58,8 +58,8 @@ class SparseMLP:
                 isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten)) for m in layers):
             raise ConfigError(f"strategy 'sharp' supports MLPs (model=mlp, depth >= 2); got {type(model).__name__}")
         if len(self.linears) < early_layers + 1:
-            raise ConfigError(f"bad value for 'strategy.early_layers': {early_layers}; the model has "
-                              f"{len(self.linears)} hidden layers and needs at least one after the early block")
+            raise bad_value("strategy.early_layers", f"{early_layers}; the model has "
+                            f"{len(self.linears)} hidden layers and needs at least one after the early block")
         self.model, self.layers = model, layers
         self.cut = layers.index(self.linears[early_layers - 1]) + 2          # after the early block's ReLU
         self.n_early = early_layers
@@ -136,8 +136,8 @@ class SHARP(Strategy):
         self.net = SparseMLP(self.model, int(self.hp.early_layers))
         epochs, pe = int(self.train_cfg["epochs"]), int(self.hp.phase_epochs)
         if epochs % pe:
-            raise ConfigError(f"bad value for 'train.epochs': {epochs} is not a multiple of strategy.phase_epochs "
-                              f"({pe}); SHARP trains phases of phase_epochs epochs")
+            raise bad_value("train.epochs", f"{epochs} is not a multiple of strategy.phase_epochs "
+                            f"({pe}); SHARP trains phases of phase_epochs epochs")
         self.max_phases = epochs // pe
         # random pruning (every Linear layer; biases are not pruned) and all units free
         self.masks = [(torch.rand(l.weight.shape, generator=self.generator) >= float(self.hp.prune)).float()
