@@ -7,7 +7,8 @@ learner.py, architecture.py, rewire.py, memory.py, neocortex.py, train_and_eval.
     a sparse network (random pruning at init, density 1 - prune, kept fixed); each unit has a state:
     0 free, 1 selected in this episode, >= 2 consolidated (its age); the output of the first `early_layers`
     layers is what is stored and replayed; the last feature layer's ReLU output is the representation.
-    for each experience (episode), max_phases phases of phase_epochs epochs:
+    for each experience (episode), phases of phase_epochs epochs (the last one shorter when train.epochs is
+    not a multiple of phase_epochs):
         1. select: on the first 1024 training samples, per layer, rank the units by summed activation and
            take the top ones covering p% of it, p = max(100 * (1 + cos(pi * phase / tau)) / 2, min_act);
            free/selected units among them become "selected", the others free
@@ -114,7 +115,7 @@ class SHARP(Strategy):
         "prune": HP(0.6, "fraction of connections removed at initialisation (density stays 1 - prune)",
                     low=0, high=0.99),
         "early_layers": HP(1, "layers whose output is stored and replayed (the early block)", low=1),
-        "phase_epochs": HP(3, "epochs per phase (train.epochs = phases x phase_epochs)", low=1),
+        "phase_epochs": HP(3, "epochs per phase (a new phase starts every phase_epochs epochs)", low=1),
         "tau": HP(30.0, "cosine schedule of the selection percentage", gt=0),
         "min_activation_perc": HP(90.0, "lower bound of the selection percentage", low=0, high=100,
                                   search=loguniform(50, 99)),
@@ -134,11 +135,6 @@ class SHARP(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.net = SparseMLP(self.model, int(self.hp.early_layers))
-        epochs, pe = int(self.train_cfg["epochs"]), int(self.hp.phase_epochs)
-        if epochs % pe:
-            raise bad_value("train.epochs", f"{epochs} is not a multiple of strategy.phase_epochs "
-                            f"({pe}); SHARP trains phases of phase_epochs epochs")
-        self.max_phases = epochs // pe
         # random pruning (every Linear layer; biases are not pruned) and all units free
         self.masks = [(torch.rand(l.weight.shape, generator=self.generator) >= float(self.hp.prune)).float()
                       .to(self.device) for l in self.net.linears]

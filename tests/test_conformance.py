@@ -12,7 +12,7 @@ from clbench.strategy import Strategy
 from clbench.testing import check_strategy
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
-            "hlop", "owm", "clser"]
+            "hlop", "owm", "clser", "memo", "prd", "napavq", "sharp"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)

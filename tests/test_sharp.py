@@ -91,3 +91,12 @@ def test_knn_votes_use_each_class_mask():
         logits = s.predict(torch.zeros(3, 1, 8, 8))
     assert logits.argmax(1).tolist() == [0, 1, 1]
     assert logits[0, 0] == 5.0 - 0.0 and logits[1, 1] == 5.0 - 1e-3
+
+
+def test_a_new_phase_starts_every_phase_epochs_epochs_the_last_one_shorter():
+    s, exps = make("train.epochs=5", "dataset.train_per_class=20")
+    starts = []
+    orig = s._start_phase
+    s._start_phase = lambda exp: (starts.append(s.loop["epoch"]), orig(exp))[1]
+    s.train(exps[0])
+    assert starts == [0, 2, 4]                    # phases of 2, 2 and 1 epochs
