@@ -274,6 +274,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
 
 
+def _groups(results: list[dict], pool: bool) -> dict[tuple, list[dict]]:
+    """The runs behind each report row, keyed (benchmark, strategy, group hash, identity) as the rows are."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        bench, strat, gh, ident = _key(r, pool)
+        groups.setdefault((bench, strat, gh[:12], ident), []).append(r)
+    return groups
+
+
 def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
                  pool: bool = False, memory: bool = False) -> dict:
     """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths.
@@ -282,16 +291,13 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
     out = check_out_dir(out_dir, key="--out")
     rows = aggregate(results, pool=pool)
     written = []
-    if memory:   # (zoo3a, issue 16: the memory-aligned comparison, clbench/memory.py)
-        written += _write_memory(results, rows, out, figures, pool)
     for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
         written.append(write_text_atomic(out / name, render_table(rows, fmt=fmt,
                                                                   metrics=metrics if fmt != "csv" else None)))
+    groups = _groups(results, pool)
+    if memory:   # (zoo3a, issue 16: the memory-aligned comparison, clbench/memory.py)
+        written += _write_memory(groups, rows, out, figures, pool)
     if figures:
-        groups: dict[tuple, list[dict]] = {}
-        for r in results:
-            bench, strat, gh, ident = _key(r, pool)
-            groups.setdefault((bench, strat, gh[:12], ident), []).append(r)
         by_bench: dict[str, list[tuple[dict, list[dict]]]] = {}
         for row in rows:
             rs = groups[(row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])]
@@ -342,20 +348,15 @@ def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[
 
 
 # ----- memory-aligned comparison (zoo3a, issue 16) ------------------------------------------------------------
-def _write_memory(results: list[dict], rows: list[dict], out: Path, figures: bool, pool: bool) -> list[Path]:
+def _write_memory(groups: dict, rows: list[dict], out: Path, figures: bool, pool: bool) -> list[Path]:
     """Attach each row's memory summary (clbench/memory.py); write memory.md and one accuracy-vs-memory figure
     per benchmark."""
     from clbench import plots
     from clbench.memory import equal_memory_table, summarize
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        bench, strat, gh, ident = _key(r, pool)
-        groups.setdefault((bench, strat, gh[:12], ident), []).append(r)
     for row in rows:
         key = (row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])
         row["memory"] = summarize(groups[key])
-    (out / "memory.md").write_text(equal_memory_table(rows))
-    written = [out / "memory.md"]
+    written = [write_text_atomic(out / "memory.md", equal_memory_table(rows))]
     if figures:
         for bench in sorted({row["benchmark"] for row in rows}):
             bench_rows = [row for row in rows if row["benchmark"] == bench]
