@@ -30,18 +30,13 @@ def input_bytes(result: dict) -> Optional[int]:
     return math.prod(int(d) for d in shape) * DTYPE_BYTES[dtype]
 
 
-def _mean_std(values: list[float]) -> dict:
-    vals = [float(v) for v in values if isinstance(v, (int, float))]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return {"mean": mean, "std": std, "n": len(vals)}
-
-
 def summarize(results: Sequence[dict]) -> dict:
     """Mean/std of every memory field over the runs of one configuration, plus MiB and exemplar equivalents."""
-    out = {f: _mean_std([(r.get("memory") or {}).get(f) for r in results]) for f in FIELDS}
+    from clbench.report import _stats       # the report's mean/std/n (sample std)
+    def numbers(field):                     # records may come from elsewhere (submissions): numbers only
+        vals = [(r.get("memory") or {}).get(field) for r in results]
+        return [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    out = {f: _stats(numbers(f)) for f in FIELDS}
     total = out["total_bytes"]["mean"]
     per_input = input_bytes(results[0]) if results else None
     out["total_mib"] = total / MIB if total is not None else None
