@@ -25,9 +25,9 @@ def input_bytes(result: dict) -> Optional[int]:
     """Bytes of one input of the run's dataset in its stored dtype (784 for MNIST, 3072 for CIFAR)."""
     ds = (result.get("stream") or {}).get("dataset") or {}
     shape, dtype = ds.get("input_shape"), ds.get("dtype")
-    if not isinstance(shape, list) or dtype not in DTYPE_BYTES:
+    if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape) or dtype not in DTYPE_BYTES:
         return None
-    return math.prod(int(d) for d in shape) * DTYPE_BYTES[dtype]
+    return math.prod(shape) * DTYPE_BYTES[dtype]
 
 
 def summarize(results: Sequence[dict]) -> dict:
