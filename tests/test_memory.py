@@ -86,3 +86,13 @@ def test_summary_of_run_records_in_mib_and_exemplar_equivalents():
     assert m["input_bytes"] == 3072
     assert int(m["total_exemplar_equivalents"]) == 603 and m["total_mib"] == (resnet32 + 1) / MIB
     assert m["total_bytes"]["std"] is not None and m["model_bytes"]["n"] == 2
+
+
+def test_summary_ignores_malformed_fields_of_records_from_elsewhere():
+    from clbench.memory import summarize
+    bad = [{"memory": {"total_bytes": "9" * 5, "model_bytes": True}, "stream": {"dataset": {"input_shape": ["a", -1],
+                                                                                         "dtype": "uint8"}}},
+           {"memory": {"total_bytes": 2048}, "stream": {}}]
+    m = summarize(bad)
+    assert m["total_bytes"]["n"] == 1 and m["total_bytes"]["mean"] == 2048 and m["model_bytes"]["n"] == 0
+    assert m["input_bytes"] is None and m["total_exemplar_equivalents"] is None and m["total_mib"] == 2048 / 2 ** 20
