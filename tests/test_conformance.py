@@ -12,7 +12,9 @@ from clbench.strategy import Strategy
 from clbench.testing import check_strategy
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
-            "hlop", "owm", "clser", "memo", "prd", "napavq", "sharp"]
+            "hlop", "owm", "clser",
+            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss",
+            "memo", "prd", "napavq", "sharp"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)
