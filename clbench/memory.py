@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+from clbench.metrics import mean_std   # the one mean/std/n over seeds
+
 MIB = 2 ** 20
 FIELDS = ("model_bytes", "exemplar_bytes", "extra_model_bytes", "other_state_bytes", "kept_bytes", "total_bytes")
 DTYPE_BYTES = {"uint8": 1, "int8": 1, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8}
@@ -32,11 +34,10 @@ def input_bytes(result: dict) -> Optional[int]:
 
 def summarize(results: Sequence[dict]) -> dict:
     """Mean/std of every memory field over the runs of one configuration, plus MiB and exemplar equivalents."""
-    from clbench.report import _stats       # the report's mean/std/n (sample std)
     def numbers(field):                     # records may come from elsewhere (submissions): numbers only
         vals = [(r.get("memory") or {}).get(field) for r in results]
         return [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    out = {f: _stats(numbers(f)) for f in FIELDS}
+    out = {f: mean_std(numbers(f)) for f in FIELDS}
     total = out["total_bytes"]["mean"]
     per_input = input_bytes(results[0]) if results else None
     out["total_mib"] = total / MIB if total is not None else None
