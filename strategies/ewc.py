@@ -11,7 +11,7 @@ arXiv:1612.00796; online EWC: Schwarz et al. (2018), "Progress & Compress", ICML
 The Fisher follows Mammoth's `models/ewc_on.py` (the code behind the published oEWC numbers): the
 squared per-sample gradient of the log-likelihood of the true label, weighted by the sample's p(y|x),
 averaged over the experience. Per-sample gradients come from torch.func (vmap over grad). The penalty has
-no 1/2 factor, as in Mammoth and reference/methods.md, so Mammoth's lambdas carry over.
+no 1/2 factor, as in Mammoth's `models/ewc_on.py`, so Mammoth's lambdas carry over.
 """
 from __future__ import annotations
 

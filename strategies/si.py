@@ -10,7 +10,7 @@ arXiv:1703.04987.
 
 g is the gradient actually used by the step (the total loss, after clipping), measured in after_backward;
 delta_theta is the parameter change of that step, measured in after_step. With plain SGD this is
-exactly Mammoth's `omega += lr * g^2` (reference/methods.md); unlike that shortcut it stays the path
+exactly Mammoth's `omega += lr * g^2` (`models/si.py`); unlike that shortcut it stays the path
 integral under momentum or Adam. Gradients are clipped to +-1 as in Mammoth's `models/si.py`
 (`clip_grad`, set null to disable). Zenke's own code uses the gradient of the unregularised loss;
 we follow Mammoth, whose hyper-parameters (c, xi) we use.
