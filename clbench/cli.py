@@ -115,7 +115,8 @@ def _add_leaderboard(sub):
 def cmd_report(args) -> int:
     from clbench.report import report
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics, pool=args.pool)
+    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics, pool=args.pool,
+           memory=args.memory_plot)
     return 0
 
 
@@ -131,6 +132,9 @@ def _add_report(sub):
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.add_argument("--pool", action="store_true",
                    help="pool runs of one configuration across code/data identities (warns for each mixed group)")
+    p.add_argument("--memory-plot", action="store_true",
+                   help="also compare at equal total memory: memory.md and accuracy against total memory "
+                        "(memory_<benchmark>.png); see docs/memory.md")
     p.set_defaults(func=cmd_report)
 
 

@@ -67,7 +67,7 @@ CORE: dict[str, dict[str, HP]] = {
         "epochs": HP(1, "passes over each experience's training data", low=1),
         "batch_size": HP(32, "stream samples per minibatch", low=1),
         "optimizer": HP("sgd", "optimizer, re-created at each experience unless reset_optimizer=false",
-                        choices=("sgd", "adam", "adamw")),
+                        choices=("sgd", "adam", "adamw", "adadelta")),
         "lr": HP(0.01, "learning rate", gt=0, search=loguniform(1e-4, 1.0)),
         "momentum": HP(0.0, "SGD momentum", low=0, high=0.999),
         "weight_decay": HP(0.0, "L2 weight decay", low=0),
@@ -465,8 +465,9 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
             preset, label = select_preset(presets, cfg["benchmark"]["name"], preset["strategy"]["buffer_size"])
         if not preset:
             continue
-        if name in callbacks:
-            preset = {**preset, "callbacks": {name: preset.pop("strategy", {})}}
+        if name in callbacks:   # a callback's preset sets callbacks.<name> (popped before the rest is copied)
+            own = preset.pop("strategy", {})
+            preset = {**preset, "callbacks": {name: own}}
         cfg = _merge(cfg, preset)
         source["presets"].append({"name": name, "preset": label, "file": origin})
 

@@ -243,3 +243,37 @@ def save(fig, path) -> Path:
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# ----- accuracy against memory (zoo3a, issue 16: the memory-aligned comparison of "A Model or 603 Exemplars") ----
+def memory_figure(rows: Sequence[dict], metric: str = "acc", title: str = ""):
+    """Accuracy (mean ± std over seeds) against total memory (MiB, log scale): one point per configuration
+    (report rows carrying `memory`), the configurations of one strategy joined in order of memory."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    by_strategy: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("memory") and r["memory"]["total_mib"] is not None and r["metrics"].get(metric, {}).get("mean") is not None:
+            by_strategy.setdefault(r["strategy"], []).append(r)
+    for k, (strategy, rs) in enumerate(sorted(by_strategy.items())):
+        rs = sorted(rs, key=lambda r: r["memory"]["total_mib"])
+        x = [r["memory"]["total_mib"] for r in rs]
+        y = [100 * r["metrics"][metric]["mean"] for r in rs]
+        err = [100 * (r["metrics"][metric]["std"] or 0.0) for r in rs]
+        c = COLORS[k % len(COLORS)]
+        ax.errorbar(x, y, yerr=err, fmt="-o", color=c, ms=5, lw=1.5, capsize=3, label=strategy)
+        for r, xi, yi in zip(rs, x, y):
+            if r["label"] != strategy:
+                text = r["label"][len(strategy):].strip(" ()")
+                ax.annotate(text if len(text) <= 32 else text[:30] + "..", (xi, yi), textcoords="offset points",
+                            xytext=(4, -10), fontsize=6, color=c)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("total memory (MiB): model + exemplars + kept models + other kept state")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(f"{title} - {metric} against total memory (mean ± std over seeds)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -257,9 +257,19 @@ def _note_split_groups(rows: Sequence[dict], stream) -> None:
             print(f"note: {bench} / {label}: {len(ids)} groups of the same configuration from different code or "
                   f"data ({', '.join(ids)}); they are kept apart (--pool merges them)", file=stream)
 
+def _groups(results: list[dict], pool: bool) -> dict[tuple, list[dict]]:
+    """The runs behind each report row, keyed (benchmark, strategy, group hash, identity) as the rows are."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        bench, strat, gh, ident = _key(r, pool)
+        groups.setdefault((bench, strat, gh[:12], ident), []).append(r)
+    return groups
+
+
 def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
-                 pool: bool = False) -> dict:
-    """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
+                 pool: bool = False, memory: bool = False) -> dict:
+    """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths.
+    `memory`: also memory.md (configurations by total memory) and memory_<benchmark>.png (accuracy vs memory)."""
     from clbench import plots
     out = check_out_dir(out_dir, key="--out")
     rows = aggregate(results, pool=pool)
@@ -267,11 +277,10 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
     for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
         written.append(write_text_atomic(out / name, render_table(rows, fmt=fmt,
                                                                   metrics=metrics if fmt != "csv" else None)))
+    groups = _groups(results, pool)
+    if memory:   # (zoo3a, issue 16: the memory-aligned comparison, clbench/memory.py)
+        written += _write_memory(groups, rows, out, figures, pool)
     if figures:
-        groups: dict[tuple, list[dict]] = {}
-        for r in results:
-            bench, strat, gh, ident = _key(r, pool)
-            groups.setdefault((bench, strat, gh[:12], ident), []).append(r)
         by_bench: dict[str, list[tuple[dict, list[dict]]]] = {}
         for row in rows:
             rs = groups[(row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])]
@@ -298,7 +307,7 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
 
 
 def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[str]] = None, stream=None,
-           pool: bool = False) -> dict:
+           pool: bool = False, memory: bool = False) -> dict:
     """Everything `clbench report` does: load, print the table, write files (default: PATH/report)."""
     stream = stream or sys.stdout
     results = load_results(path)
@@ -308,11 +317,31 @@ def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[
         check_metric_names(metrics, results)
     p = Path(path)
     out_dir = Path(out_dir) if out_dir else (p.parent if p.is_file() else p) / "report"
-    info = write_report(results, out_dir, figures=figures, metrics=metrics, pool=pool)
+    info = write_report(results, out_dir, figures=figures, metrics=metrics, pool=pool, memory=memory)
     print(f"{len(results)} run(s) in {len(info['rows'])} configuration(s) under {path}", file=stream)
     _note_split_groups(info["rows"], stream)
     print(render_table(info["rows"], metrics=metrics), file=stream)
+    if memory:
+        from clbench.memory import equal_memory_table
+        print(equal_memory_table(info["rows"]), file=stream)
     print(f"wrote {len(info['files'])} file(s) to {out_dir}:", file=stream)
     for f in info["files"]:
         print(f"  {f}", file=stream)
     return info
+
+
+# ----- memory-aligned comparison (zoo3a, issue 16) ------------------------------------------------------------
+def _write_memory(groups: dict, rows: list[dict], out: Path, figures: bool, pool: bool) -> list[Path]:
+    """Attach each row's memory summary (clbench/memory.py); write memory.md and one accuracy-vs-memory figure
+    per benchmark."""
+    from clbench import plots
+    from clbench.memory import equal_memory_table, summarize
+    for row in rows:
+        key = (row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])
+        row["memory"] = summarize(groups[key])
+    written = [write_text_atomic(out / "memory.md", equal_memory_table(rows))]
+    if figures:
+        for bench in sorted({row["benchmark"] for row in rows}):
+            bench_rows = [row for row in rows if row["benchmark"] == bench]
+            written.append(plots.save(plots.memory_figure(bench_rows, title=bench), out / f"memory_{slug(bench)}.png"))
+    return written

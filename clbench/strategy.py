@@ -69,6 +69,8 @@ def make_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adadelta":                  # SHARP's optimiser (lr 1.0)
+        return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
     raise PluginError(f"unknown optimizer {name!r}")
 
 
@@ -77,6 +79,16 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     m = copy.deepcopy(model).eval()
     m.requires_grad_(False)
     return m
+
+
+def _inputs_and_extras(kept):
+    """Kept samples ({"x": ..., "y": ..., ...} or lists of them) split into inputs and per-sample extras."""
+    if isinstance(kept, dict) and "x" in kept:
+        return kept["x"], {k: v for k, v in kept.items() if k != "x"}
+    if isinstance(kept, (list, tuple)):
+        pairs = [_inputs_and_extras(v) for v in kept]
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    return kept, None
 
 
 class Callback:
@@ -129,6 +141,8 @@ class Strategy:
     checkpoint_attrs: tuple[str, ...] = ()
     # Keep a frozen copy of the model as it was at the end of the previous experience (`self.previous_model`).
     keeps_previous_model: bool = False
+    # Attributes (among checkpoint_attrs) that hold kept training samples outside a replay buffer (memory accounting).
+    exemplar_attrs: tuple[str, ...] = ()
     # False when the training loop is opaque (the Avalanche bridge): no per-step events, resume per run only.
     step_events: bool = True
     resumable: bool = True
@@ -403,7 +417,14 @@ class Strategy:
         return {}
 
     def memory_footprint(self) -> dict:
-        """Bytes this method keeps beyond the model it trains: exemplars, model copies, other state."""
+        """Bytes this method keeps, in the unit of Zhou et al. 2023 ("A Model or 603 Exemplars", ICLR): kept inputs
+        in their stored dtype (uint8 images), model parameters and buffers as stored (float32); docs/memory.md.
+
+        exemplar_bytes: the inputs of the samples kept (filled buffer slots; `exemplar_attrs`); extra_model_bytes:
+        modules kept beside the trained model (old models, EMA copies, teachers); other_state_bytes: every other
+        kept tensor (labels and logits of kept samples, prototypes, bases, importance weights, anchors).
+        """
+        # (zoo3a, issue 16: filled slots only; inputs vs per-sample extras; exemplar_attrs)
         from clbench.buffer import Storage
         kept = {name: getattr(self, name, None) for name in self.checkpoint_attrs}
         if self.previous_model is not None:
@@ -414,9 +435,18 @@ class Strategy:
             kept.update({f"callback{i}.{n}": getattr(cb, n, None) for n in cb.checkpoint_attrs})
         seen: set = set()
         S.nbytes(self.model, seen)          # the trained model's own tensors are not "kept"
-        exemplars = sum(S.nbytes(v, seen) for v in kept.values() if isinstance(v, Storage))
-        models = sum(S.nbytes(v, seen) for v in kept.values() if isinstance(v, nn.Module))
-        other = sum(S.nbytes(v, seen) for v in kept.values() if not isinstance(v, (Storage, nn.Module)))
+        exemplars = models = other = 0
+        for name, v in kept.items():
+            if isinstance(v, Storage) or name in self.exemplar_attrs:
+                if isinstance(v, Storage):  # only the filled slots
+                    v = {k: t[:v.size] for k, t in v.data.items()}
+                inputs, extras = _inputs_and_extras(v)
+                exemplars += S.nbytes(inputs, seen)
+                other += S.nbytes(extras, seen)
+            elif isinstance(v, nn.Module):
+                models += S.nbytes(v, seen)
+            else:
+                other += S.nbytes(v, seen)
         model_bytes = S.nbytes(self.model)
         return {"model_bytes": model_bytes, "exemplar_bytes": exemplars, "extra_model_bytes": models,
                 "other_state_bytes": other, "kept_bytes": exemplars + models + other,

@@ -18,6 +18,7 @@ class Cumulative(Strategy):
     description = "trains on the union of all experiences seen so far, continuing from the current model"
     hparams: dict = {}
     checkpoint_attrs = ("seen",)
+    exemplar_attrs = ("seen",)       # the kept samples count as exemplars (memory accounting)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -38,6 +38,7 @@ class Joint(Strategy):
         "every_experience": HP(False, "re-initialise and train on the union seen so far after every experience"),
     }
     checkpoint_attrs = ("seen", "trained_at")
+    exemplar_attrs = ("seen",)       # the kept samples count as exemplars (memory accounting)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -15,7 +15,8 @@ BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "e
             "hlop", "owm", "clser",
             "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss",
             "gem", "mas", "rwalk", "pnn", "packnet", "fdr", "hal",
-            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl"]
+            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl",
+            "memo", "prd", "napavq", "sharp"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)

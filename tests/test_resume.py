@@ -17,7 +17,8 @@ BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "e
             "hlop", "owm", "clser",
             "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss",
             "gem", "mas", "rwalk", "pnn", "packnet", "fdr", "hal",
-            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl"]
+            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl",
+            "memo", "prd", "napavq", "sharp"]
 FAST = ["benchmark=split-digits", "dataset.train_per_class=30", "train.epochs=2", "train.batch_size=10",
         "wandb.mode=disabled", "progress=false", "device=cpu"]
 TASK_IL_ONLY = {"pnn", "packnet"}      # they choose their network by task id: split-digits as task-IL
