@@ -137,3 +137,18 @@ def test_two_identical_runs_at_once_get_two_folders(tmp_path):
     for f in folders:
         assert json.loads((tmp_path / os.path.basename(f) / "result.json").read_text())["accuracy_matrix"]
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    """The W&B run of a preempted run is marked preempting, not finished, and the resumed run writes into the
+    same W&B run id (offline: one more offline-run folder with the same id), so W&B shows one run."""
+    args = [a for a in FAST if not a.startswith("wandb")] + ["wandb.mode=offline", "strategy=replay",
+                                                              "callbacks=[preempt_test]", f"out={tmp_path}"]
+    Preempt.at_step = 17
+    with pytest.raises(RunInterrupted):
+        run(args, console=False)
+    first = [p.name for p in tmp_path.glob(".*.partial/wandb/offline-run-*")]
+    result, folder = run(args, console=False)
+    runs = sorted(p.name for p in (folder / "wandb").glob("offline-run-*"))
+    assert len(first) == 1 and len(runs) == 2
+    assert {name.rsplit("-", 1)[1] for name in runs} == {first[0].rsplit("-", 1)[1]}
