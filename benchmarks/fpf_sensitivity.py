@@ -11,7 +11,7 @@ the forgetting-prone ones FPF finetunes (`callbacks.fpf.modules`, or `modules=[a
     python benchmarks/fpf_sensitivity.py --from-runs RUN_DIR [RUN_DIR ...]   # runs made with callbacks=[module_drift]
 
 Each run is a plain `clbench run <overrides> strategy=<s> seed=<n> callbacks=[module_drift]`; the drift is in
-its result.json (`strategy_state["callback:ModuleDrift"]["drift"]` and the `drift/<module>` logs).
+its result.json (`strategy_state["callback:ModuleDrift"]["drift"]` and the `drift.<module>` logs).
 """
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ class FPFMixin:
         d = drift(self.before, snapshot(strategy.model))
         self.drifts.append(d)
         for name, v in d.items():
-            strategy.log(f"drift/{name}", v)
+            strategy.log(f"drift.{name}", v)
 
     def _fpf(self, strategy: Strategy, buffer: Storage, key: str) -> None:
         if len(buffer) == 0 or int(self.hp.iters) == 0:
@@ -159,7 +159,7 @@ class FPFMixin:
                         float(self.hp.kd), self.fpf_generator)
         self.n_fpf += 1
         self.finetuned = modules
-        strategy.log("fpf/loss", loss)
+        strategy.log("fpf.loss", loss)
 
 
 class FPF(FPFMixin, Callback):
