@@ -171,7 +171,7 @@ def _check_setting(name: str, cls, setting: str, extra) -> list[Check]:
     except Exception as e:  # a plugin error of any kind: report it as the failing check
         return [Check("runs", setting, False, f"{type(e).__name__}: {e}")]
     out.append(Check("loss", setting, True))
-    values = [v for row in res1["accuracy_matrix"] for v in row]
+    values = [v for row in res1["accuracy_matrix"] for v in row if v is not None]   # None: not scored
     weights = _fingerprint(r1.strategy)
     finite = all(math.isfinite(v) for v in values) and all(bool(torch.isfinite(w).all()) for w in weights)
     logs = [v for c in (res1.get("logs") or {}).values() for v in c["value"]]

@@ -18,6 +18,7 @@ class Cumulative(Strategy):
     description = "trains on the union of all experiences seen so far, continuing from the current model"
     hparams: dict = {}
     checkpoint_attrs = ("seen",)
+    seed_parallel = True    # seeds can train as one vectorised model (clbench/seed_parallel.py)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

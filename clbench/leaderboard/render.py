@@ -90,7 +90,8 @@ def write_heatmap(sub: dict, path: Path) -> Path:
 
     from clbench.plots import heatmap_figure
     runs = sub["runs"]
-    mean = {"accuracy_matrix": np.mean([r["accuracy_matrix"] for r in runs], axis=0).tolist(),
+    # perf: null (unscored) entries become NaN, drawn blank
+    mean = {"accuracy_matrix": np.mean(np.asarray([r["accuracy_matrix"] for r in runs], dtype=float), axis=0).tolist(),
             "initial_accuracy": np.mean([r["initial_accuracy"] for r in runs], axis=0).tolist(),
             "config": {"benchmark": {"name": f"{sub['benchmark']['name']} v{sub['benchmark']['version']}"},
                        "strategy": {"name": sub["method"]["name"]}},

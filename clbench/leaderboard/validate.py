@@ -14,7 +14,8 @@ file is rejected with its own reason:
     duplicate_seeds   the same seed twice
     missing_seed      a declared seed has no record (or a record's seed was not declared)
     shape             R is not rows x tasks consistent with initial_accuracy and learned_at
-    range             an accuracy outside [0, 1] or not a finite number
+    range             an accuracy outside [0, 1] or not a finite number (null only where eval.schedule=seen_next
+                      leaves an entry unscored: no metric reads it)
     result_digest     R / initial row / learned_at changed after the run (digest mismatch)
     metric            a claimed per-seed metric differs from the one recomputed from R (tol 1e-9)
     summary           a claimed mean/std/n differs from the one recomputed over the seeds
@@ -153,7 +154,11 @@ def _range(run: dict, label: str) -> list[ValidationIssue]:
     cells += [("initial_accuracy", None, j, v) for j, v in enumerate(run["initial_accuracy"])]
     cells += [("task_masked_accuracy_matrix", i, j, v)
               for i, row in enumerate(run.get("task_masked_accuracy_matrix") or []) for j, v in enumerate(row)]
+    L, n_rows = run["learned_at"], len(run["accuracy_matrix"])
     for name, i, j, v in cells:
+        # perf: null is an entry eval.schedule=seen_next does not score; allowed only where no metric reads it
+        if v is None and i is not None and not M.scored_entry(i, j, L, n_rows):
+            continue
         if not _num(v) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
             where = f"{name}[{i}][{j}]" if i is not None else f"{name}[{j}]"
             return [ValidationIssue("range", f"{label}: {where} = {v!r} is not an accuracy in [0, 1]")]
