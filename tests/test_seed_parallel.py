@@ -146,3 +146,25 @@ def test_a_group_task_reports_one_outcome_per_seed(tmp_path):
     o = execute_task(Task(run_id="seeds:x", cfg=cfgs[0], members=members), return_result=True)
     assert o.status == "done" and [m.run_id for m in o.members] == [m.run_id for m in members]
     assert all(m.result is not None and m.status == "done" for m in o.members)
+
+
+def test_the_plugin_kit_checks_a_declared_seed_parallel_strategy():
+    """check_strategy trains two seeds as one group for a strategy that declares seed_parallel; a declaration
+    the strategy does not keep (here: its minibatch drawn from the global RNG, which the seeds of a group share)
+    fails with its own reason, and the built-ins pass."""
+    from clbench.errors import PluginError
+    from clbench.strategy import Strategy
+    from clbench.stream import Batch
+    from clbench.testing import check_strategy
+
+    class GlobalDraws(Strategy):
+        seed_parallel = True
+
+        def loss_batch(self, batch):
+            keep = torch.randperm(len(batch.y))[: max(1, len(batch.y) - 2)]   # not self.generator
+            return Batch(x=batch.x[keep], y=batch.y[keep], t=batch.t[keep], index=batch.index[keep])
+
+    with pytest.raises(PluginError, match=r"\[seed_parallel, class-il\].*differs from the separate run"):
+        check_strategy(GlobalDraws, settings=["class-il"])
+    checks = check_strategy("replay", settings=["class-il"])
+    assert [c.ok for c in checks if c.name == "seed_parallel"] == [True]
