@@ -58,7 +58,7 @@ def strategy_why_not(cls) -> Optional[str]:
     """None when the strategy class has declared, and keeps, the seed-parallel contract; else the reason."""
     if not cls.__dict__.get("seed_parallel", False):
         return f"strategy {cls.__name__} does not declare seed_parallel = True"
-    for hook in ("loss", "forward", "train_step", "gradients", "step", "after_backward"):
+    for hook in ("loss", "forward", "train_step", "loss_and_gradients", "step", "after_backward"):
         if getattr(cls, hook) is not getattr(Strategy, hook):
             return f"strategy {cls.__name__} overrides {hook}()"
     return None
@@ -146,12 +146,17 @@ def stack_models(models: list[nn.Module]) -> tuple[nn.Module, list[Tensor]]:
 
 # ----- the group ------------------------------------------------------------------------------------------
 class SeedGroup:
-    """The lock-step of S runs: each seed's `gradients(batch)` waits until every seed has its batch, then one
-    stacked forward/backward serves them all."""
+    """The lock-step of S runs: each seed's `loss_and_gradients(batch)` waits until every seed has its batch, then one
+    stacked forward/backward serves them all.
+
+    The seeds' threads take turns (`baton`): one runs while the others wait, and a thread hands the baton on only
+    while it waits for the stacked step. So the group uses one core's worth of CPU as a separate run does, its
+    threads never contend, and once-per-process work (code and data identity, lazy imports) is done once."""
 
     def __init__(self, n: int):
         self.n = n
         self.barrier = threading.Barrier(n, action=self._step)
+        self.baton = threading.Lock()
         self.lock = threading.Lock()             # loggers (W&B) of the seeds, one call at a time
         self.strategies: list[Optional[Strategy]] = [None] * n
         self.pending: list = [None] * n
@@ -167,16 +172,19 @@ class SeedGroup:
         if reason:
             raise SeedGroupError(reason)
         self.strategies[index] = strategy
-        strategy.gradients = functools.partial(self._gradients, index)
+        strategy.loss_and_gradients = functools.partial(self._gradients, index)
         run.seed_group = self.n
         run.loggers = [_Locked(lg, self.lock) for lg in run.loggers]
 
     def _gradients(self, index: int, batch) -> Tensor:
         self.pending[index] = self.strategies[index].loss_batch(batch)
+        self.baton.release()                 # the next seed's turn; the last one to arrive runs the step
         try:
             self.barrier.wait()
         except threading.BrokenBarrierError:
             raise SeedGroupError(self.error or "another seed of the group stopped") from None
+        finally:
+            self.baton.acquire()
         return self.losses[index]
 
     def _step(self) -> None:
@@ -239,6 +247,7 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
     out: list[dict] = [{} for _ in cfgs]
 
     def one(i: int) -> None:
+        group.baton.acquire()
         try:
             result, path = run(cfgs[i], overwrite=overwrite, console=console, prepared=runs[i],
                                on_ready=functools.partial(group.attach, i))
@@ -248,6 +257,7 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
                       "group": isinstance(e, SeedGroupError)}
         finally:
             group.barrier.abort()    # a seed that stopped (or finished) early breaks the lock-step
+            group.baton.release()
 
     threads = [threading.Thread(target=one, args=(i,), name=f"seed-{cfgs[i]['seed']}") for i in range(len(cfgs))]
     for t in threads:

@@ -268,7 +268,7 @@ class Strategy:
 
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.gradients(batch)
+        loss = self.loss_and_gradients(batch)
         if self.loop is not None:
             self.loop["step"] += 1
         self.global_step += 1
@@ -292,7 +292,7 @@ class Strategy:
         self.last_loss = loss.detach()
         return self.last_loss
 
-    def gradients(self, batch: Batch) -> Tensor:
+    def loss_and_gradients(self, batch: Batch) -> Tensor:
         """The loss of one minibatch, with its gradients in the parameters' .grad (a seed-parallel run,
         clbench/seed_parallel.py, computes this for all its seeds at once)."""
         with self._autocast() if self._autocast is not None else contextlib.nullcontext():   # train.amp
@@ -352,7 +352,7 @@ class Strategy:
 
     def forward(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
         """Training forward pass: logits, masked to the task's head when the setting is task-IL."""
-        logits = (self._compiled or self.model)(x)
+        logits = (self._compiled if self._compiled is not None else self.model)(x)
         return self.mask_logits(logits, t) if (self.task_aware and t is not None) else logits
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:

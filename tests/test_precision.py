@@ -84,6 +84,9 @@ def test_compile_wraps_the_training_and_evaluation_forward(monkeypatch):
             calls["train" if self.inner.training else "eval"] += 1
             return self.inner(x)
 
+        def __len__(self):           # as torch's OptimizedModule: no truth value from len()
+            raise TypeError("does not support len()")
+
     def fake_compile(model, mode=None):
         calls["mode"] = mode
         return Compiled(model)
@@ -95,6 +98,21 @@ def test_compile_wraps_the_training_and_evaluation_forward(monkeypatch):
     assert calls["mode"] == "reduce-overhead" and calls["train"] > 0 and calls["eval"] > 0
     assert a["accuracy_matrix"] == b["accuracy_matrix"]            # same module underneath
     assert list(run.strategy.state_dict()["model"]) == list(plain.strategy.state_dict()["model"])
+
+
+def test_compile_through_dynamo_changes_no_number(monkeypatch):
+    """The real torch.compile wrapper (dynamo tracing every forward of training and evaluation), with the eager
+    backend so that no compiler runs: the results are the plain run's, bit for bit."""
+    import torch._dynamo
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: real(model, backend="eager"))
+    torch._dynamo.reset()
+    extra = ["dataset.train_per_class=6", "eval.batch_size=4096"]
+    plain = execute(prepare(compose(tiny_overrides("domain-il", "replay", extra))), None)
+    run = prepare(compose(tiny_overrides("domain-il", "replay", [*extra, "train.compile=default"])))
+    traced = execute(run, None)
+    assert type(run.strategy._compiled).__name__ == "OptimizedModule"
+    assert traced["accuracy_matrix"] == plain["accuracy_matrix"] and traced["metrics"] == plain["metrics"]
 
 
 @pytest.mark.slow
