@@ -151,13 +151,13 @@ class SeedGroup:
 
     The seeds' threads take turns (`baton`): one runs while the others wait, and a thread hands the baton on only
     while it waits for the stacked step. So the group uses one core's worth of CPU as a separate run does, its
-    threads never contend, and once-per-process work (code and data identity, lazy imports) is done once."""
+    threads never contend (nor do their loggers: W&B), and once-per-process work (code and data identity, lazy
+    imports) is done once."""
 
     def __init__(self, n: int):
         self.n = n
         self.barrier = threading.Barrier(n, action=self._step)
         self.baton = threading.Lock()
-        self.lock = threading.Lock()             # loggers (W&B) of the seeds, one call at a time
         self.strategies: list[Optional[Strategy]] = [None] * n
         self.pending: list = [None] * n
         self.losses: list[Optional[Tensor]] = [None] * n
@@ -174,7 +174,6 @@ class SeedGroup:
         self.strategies[index] = strategy
         strategy.loss_and_gradients = functools.partial(self._gradients, index)
         run.seed_group = self.n
-        run.loggers = [_Locked(lg, self.lock) for lg in run.loggers]
 
     def _gradients(self, index: int, batch) -> Tensor:
         self.pending[index] = self.strategies[index].loss_batch(batch)
@@ -213,23 +212,6 @@ class SeedGroup:
             raise
 
 
-class _Locked:
-    """A logger whose calls from the group's threads take turns."""
-
-    def __init__(self, logger, lock: threading.Lock):
-        self._logger, self._lock = logger, lock
-
-    def __getattr__(self, name):
-        attr = getattr(self._logger, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            with self._lock:
-                return attr(*args, **kwargs)
-        return call
-
-
 def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
               fallback: bool = True) -> list[dict]:
     """Run the seeds as one group; returns one entry per seed: {"result", "path"} or {"error", "traceback"}.
@@ -253,8 +235,7 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
                                on_ready=functools.partial(group.attach, i))
             out[i] = {"result": result, "path": path}
         except BaseException as e:  # noqa: BLE001 - reported per seed; the other seeds must not wait for it
-            out[i] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc(),
-                      "group": isinstance(e, SeedGroupError)}
+            out[i] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}
         finally:
             group.barrier.abort()    # a seed that stopped (or finished) early breaks the lock-step
             group.baton.release()
