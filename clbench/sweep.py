@@ -38,6 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
+from clbench.errors import bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic, write_text_atomic
 
@@ -281,8 +282,7 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
     if settings.get("reuse", "same") not in REUSE:
         raise ConfigError(f"bad value for 'reuse': expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
     if not isinstance(settings.get("seed_parallel", SEED_PARALLEL_DEFAULT), bool):
-        raise ConfigError(f"bad value for 'seed_parallel': expected true or false (on/off), got "
-                          f"{settings['seed_parallel']!r}")
+        raise bad_value("seed_parallel", f"expected true or false (on/off), got {settings['seed_parallel']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)
     return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
                      source=source, description=description)
