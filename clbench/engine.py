@@ -325,7 +325,6 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
             if anytime is not None:
                 anytime.add_row(exp.index, (row or vrow).acc)
             for lg in run.loggers:
-                lg.experience_end(run, exp)
                 lg.log_row(run, exp.index, row or vrow)
             P.next_exp = exp.index + 1
             if P.next_exp < len(stream):

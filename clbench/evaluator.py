@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from clbench import metrics as M
-from clbench.errors import ConfigError, bad_value
+from clbench.errors import ConfigError, PluginError, bad_value
 from clbench.strategy import Strategy
 from clbench.stream import Stream
 
@@ -91,6 +91,11 @@ class Evaluator:
                 for batch in task.test.batches(self.batch_size, shuffle=False):
                     logits = (strategy.predict(batch.x, task_id=visible) if model is None
                               else strategy.predict_with(model, batch.x, task_id=visible))
+                    if not (isinstance(logits, torch.Tensor) and logits.shape == (len(batch.y), self.n_classes)):
+                        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                        raise PluginError(f"strategy '{type(strategy).__name__}' ({type(strategy).__module__}): hook "
+                                          f"predict(x, task_id) must return logits of shape (batch, n_classes) = "
+                                          f"({len(batch.y)}, {self.n_classes}), got {got}")
                     pred = logits.argmax(1)
                     hit = pred == batch.y
                     pred_masked = logits.masked_fill(~mask, float("-inf")).argmax(1)

@@ -216,6 +216,9 @@ class Strategy:
         else:
             self.experience = exp
         data = self.training_data(exp)
+        if data is not None and not isinstance(data, TensorSplit):
+            raise PluginError(f"strategy '{type(self).__name__}' ({type(self).__module__}): hook training_data(exp) must "
+                              f"return a clbench.stream.TensorSplit or None, got a {type(data).__name__}")
         if data is not None and len(data) > 0:
             yield from self.fit(data)
         self.end_experience(exp)
@@ -261,10 +264,18 @@ class Strategy:
 
     def step(self, batch: Batch) -> Tensor:
         """One training step, wrapped by the callbacks' around_step (first callback outermost)."""
+        if not self.callbacks:
+            return self.train_step(batch)
         step = self.train_step
         for cb in reversed(self.callbacks):
             step = functools.partial(cb.around_step, self, step=step)
-        return step(batch)
+        before = self.global_step
+        loss = step(batch)
+        if self.global_step != before + 1:
+            names = ", ".join(f"'{type(cb).__name__}' ({type(cb).__module__})" for cb in self.callbacks)
+            raise PluginError(f"callback {names}: hook around_step(strategy, batch, step) must call step(batch) exactly "
+                              f"once, but the strategy took {self.global_step - before} steps")
+        return loss
 
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)

@@ -278,9 +278,9 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         name = Path(out).name if out else "sweep-" + hashlib.sha256(
             json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
-        raise ConfigError(f"bad value for 'name': {name!r} (use letters, digits, '_', '.', '+', '-')")
+        raise bad_value("name", f"{name!r} (use letters, digits, '_', '.', '+', '-')")
     if settings.get("reuse", "same") not in REUSE:
-        raise ConfigError(f"bad value for 'reuse': expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
+        raise bad_value("reuse", f"expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
     if not isinstance(settings.get("seed_parallel", SEED_PARALLEL_DEFAULT), bool):
         raise bad_value("seed_parallel", f"expected true or false (on/off), got {settings['seed_parallel']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)

@@ -163,9 +163,9 @@ def _check_setting(name: str, cls, setting: str, extra) -> list[Check]:
     from clbench.config import compose
     from clbench.engine import execute, prepare
     out = []
-    cfg = compose(tiny_overrides(setting, name, extra))
     # the run as the engine makes it (this also exercises the loss contract on every step)
     try:
+        cfg = compose(tiny_overrides(setting, name, extra))
         r1 = prepare(cfg)
         res1 = execute(r1, None)
     except PluginError as e:

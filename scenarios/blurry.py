@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from clbench.config import ConfigError
+from clbench.errors import bad_value
 from clbench.scenarios.class_incremental import class_groups, split_by_classes
 from clbench.scenarios.common import ArrivalOrderSplit, check_positive_int, check_stream, generator
 from clbench.stream import Experience, Stream, TensorSplit
@@ -76,15 +76,15 @@ class Blurry:
     def __init__(self, n_experiences: int = 5, class_order: Optional[list] = None, blur: float = 0.1,
                  disjoint_ratio: float = 0.0, online: bool = False, blur_mode: str = "pooled"):
         if blur_mode not in BLUR_MODES:
-            raise ConfigError(f"bad value for 'scenario.blur_mode': {blur_mode!r}; valid choices: "
+            raise bad_value("scenario.blur_mode", f"{blur_mode!r}; valid choices: "
                               f"{', '.join(BLUR_MODES)}")
         if isinstance(blur, bool) or not isinstance(blur, (int, float)) or not 0 <= blur <= 1:
-            raise ConfigError(f"bad value for 'scenario.blur': expected a fraction in [0, 1], got {blur!r}")
+            raise bad_value("scenario.blur", f"expected a fraction in [0, 1], got {blur!r}")
         if blur_mode == "moved" and blur == 1:
-            raise ConfigError("bad value for 'scenario.blur': 1 leaves nothing of a blurry class at home with "
+            raise bad_value("scenario.blur", "1 leaves nothing of a blurry class at home with "
                               "blur_mode=moved (use blur_mode=pooled, the official rule, for a uniform split)")
         if not isinstance(disjoint_ratio, (int, float)) or not 0 <= disjoint_ratio <= 1:
-            raise ConfigError(f"bad value for 'scenario.disjoint_ratio': expected a fraction in [0, 1], "
+            raise bad_value("scenario.disjoint_ratio", f"expected a fraction in [0, 1], "
                               f"got {disjoint_ratio!r}")
         self.n_experiences = check_positive_int(n_experiences, "n_experiences")
         self.class_order = class_order

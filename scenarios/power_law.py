@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from clbench.config import ConfigError
+from clbench.errors import bad_value
 from clbench.scenarios.common import check_positive_int, check_stream, generator, mix, take
 from clbench.stream import Experience, Stream
 
@@ -206,15 +207,15 @@ class PowerLaw:
         for key, value, valid in (("schedule", schedule, SCHEDULES), ("lag", lag, LAGS), ("mode", mode, MODES),
                                   ("counts", counts, COUNTS)):
             if value not in valid:
-                raise ConfigError(f"bad value for 'scenario.{key}': {value!r}; valid choices: {', '.join(valid)}")
+                raise bad_value(f"scenario.{key}", f"{value!r}; valid choices: {', '.join(valid)}")
         self.base = dict(base or {"name": "permuted"})
         if "name" not in self.base:
-            raise ConfigError("bad value for 'scenario.base': it needs a 'name' "
+            raise bad_value("scenario.base", "it needs a 'name' "
                               "(e.g. {name: permuted, n_experiences: 10})")
         if not isinstance(alpha, (int, float)) or alpha < 0:
-            raise ConfigError(f"bad value for 'scenario.alpha': expected a number >= 0, got {alpha!r}")
+            raise bad_value("scenario.alpha", f"expected a number >= 0, got {alpha!r}")
         if not isinstance(lam, (int, float)) or lam < 0:
-            raise ConfigError(f"bad value for 'scenario.lam': expected a number >= 0, got {lam!r}")
+            raise bad_value("scenario.lam", f"expected a number >= 0, got {lam!r}")
         self.schedule, self.alpha, self.lam = schedule, float(alpha), float(lam)
         self.budget = check_positive_int(budget, "budget", minimum=0)
         self.lag, self.mode, self.counts = lag, mode, counts

@@ -12,8 +12,8 @@ from clbench.config import compose
 from clbench.engine import prepare, run
 from clbench.errors import ConfigError, PluginError
 from clbench.hparams import HP
-from clbench.registry import PRESETS, STRATEGIES
-from clbench.strategy import Strategy
+from clbench.registry import CALLBACKS, PRESETS, STRATEGIES
+from clbench.strategy import Callback, Strategy
 from clbench.testing import reachable_storages
 
 FAST = ["benchmark=split-digits", "dataset.train_per_class=20", "train.epochs=1", "wandb.mode=disabled",
@@ -280,3 +280,29 @@ def test_show_and_cfg(capsys):
     assert cli.main(["show", "benchmark", "split-digits"]) == 0 and "class_incremental" in capsys.readouterr().out
     assert cli.main(["show", "scenario", "permuted"]) == 0 and "keep_first_unpermuted" in capsys.readouterr().out
     assert cli.main(["show", "strategy", "replya"]) == 2 and "Did you mean 'replay'" in capsys.readouterr().err
+
+
+class WrongLogits(Strategy):
+    def predict(self, x, task_id=None):
+        return super().predict(x, task_id)[:, :3]
+
+
+class TwiceCallback(Callback):
+    description = "test helper: calls the step twice"
+
+    def around_step(self, strategy, batch, step):
+        step(batch)
+        return step(batch)
+
+
+def test_broken_predict_and_around_step_name_the_plugin_the_hook_and_the_contract(tmp_path):
+    STRATEGIES.register("wrong_logits_test", WrongLogits)
+    CALLBACKS.register("twice_test", TwiceCallback)
+    try:
+        with pytest.raises(PluginError, match=r"WrongLogits.*hook predict\(x, task_id\) must return logits of shape"):
+            run([*FAST, "strategy=wrong_logits_test", f"out={tmp_path}"], console=False)
+        with pytest.raises(PluginError, match=r"TwiceCallback.*around_step.*exactly once"):
+            run([*FAST, "callbacks=[twice_test]", f"out={tmp_path}"], console=False)
+    finally:
+        STRATEGIES.unregister("wrong_logits_test")
+        CALLBACKS.unregister("twice_test")

@@ -117,3 +117,16 @@ def test_a_real_process_killed_or_preempted_resumes_exactly(sig, tmp_path):
     resumed = json.loads((tmp_path / "killed" / os.path.basename(folder) / "result.json").read_text())
     same_result(reference, resumed)
     assert resumed["timing"]["segments"] == 2
+
+
+def test_two_identical_runs_at_once_get_two_folders(tmp_path):
+    """Run folders are claimed under an OS lock: the second identical `clbench run` takes `<run_id>_r2`."""
+    args = [*FAST, "strategy=naive", f"out={tmp_path}"]
+    procs = [_cli(args) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    folders = sorted(o[0].strip().splitlines()[-1] for o in outs)
+    assert len(set(folders)) == 2 and folders[1] == folders[0] + "_r2"
+    for f in folders:
+        assert json.loads((tmp_path / os.path.basename(f) / "result.json").read_text())["accuracy_matrix"]
+    assert not list(tmp_path.glob(".*.partial"))

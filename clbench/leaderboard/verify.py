@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from clbench.config import ConfigError, config_hash
+from clbench.errors import bad_value
 from clbench.config import validate as validate_config
 from clbench.leaderboard.submission import load_submission, run_config, submission_digest
 from clbench.leaderboard.validate import validate_submission
@@ -82,7 +83,7 @@ def verify_submission(path, seed: Optional[int] = None, device: str = "cpu", ato
                           "\n".join(f"  {i}" for i in issues))
     seed = sub["seeds"][0] if seed is None else int(seed)
     if seed not in sub["seeds"]:
-        raise ConfigError(f"bad value for '--seed': {seed} is not one of the submission's seeds {sub['seeds']}")
+        raise bad_value("--seed", f"{seed} is not one of the submission's seeds {sub['seeds']}")
     claimed = next(r for r in sub["runs"] if r["seed"] == seed)
     dev = str(resolve_device(device))
     if atol is None:
