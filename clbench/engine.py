@@ -17,6 +17,7 @@ import os
 import random
 import resource
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -184,7 +185,11 @@ def _sync(device: torch.device) -> None:
 
 
 class _Signals:
-    """SIGTERM/SIGINT set a flag that the loop checks between steps; a second SIGINT stops at once."""
+    """SIGTERM/SIGINT set a flag that the loop checks between steps; a second SIGINT stops at once.
+
+    Only the main thread receives signals: a run in another thread (a seed of a seed-parallel group) is listed
+    in `in_threads` by thread id, and the code holding the main thread sets its flag (clbench/seed_parallel.py)."""
+    in_threads: dict = {}
 
     def __init__(self):
         self.signum: Optional[int] = None
@@ -194,6 +199,8 @@ class _Signals:
         if hasattr(signal, "SIGTERM") and _in_main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
                 self.previous[s] = signal.signal(s, self._handle)
+        else:
+            _Signals.in_threads[threading.get_ident()] = self
         return self
 
     def _handle(self, signum, frame):
@@ -204,10 +211,10 @@ class _Signals:
     def __exit__(self, *exc):
         for s, h in self.previous.items():
             signal.signal(s, h)
+        _Signals.in_threads.pop(threading.get_ident(), None)
 
 
 def _in_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 

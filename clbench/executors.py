@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from clbench.config import ConfigError
-from clbench.errors import bad_value
+from clbench.errors import RunInterrupted, bad_value
 from clbench.registry import did_you_mean
 
 EXECUTORS = ("local", "ray", "submitit")
@@ -99,6 +99,8 @@ def _execute_group(task: Task, worker: str, return_result: bool) -> Outcome:
     try:
         from clbench.seed_parallel import run_seeds
         outs = run_seeds([m.cfg for m in task.members])
+    except RunInterrupted:           # SIGTERM/SIGINT: the seeds are checkpointed; the sweep stops, not a failure
+        raise
     except Exception as e:
         outs = [{"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}
                 for _ in task.members]

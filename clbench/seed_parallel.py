@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import signal
 import threading
 import traceback
 from typing import Optional
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.errors import ClbenchError
+from clbench.errors import ClbenchError, RunInterrupted
 from clbench.models import MLP, Normalize
 from clbench.strategy import Strategy
 
@@ -164,6 +165,8 @@ class SeedGroup:
         self.model: Optional[nn.Module] = None
         self.leaves: list[Tensor] = []
         self.error: Optional[str] = None
+        self.threads: list[Optional[int]] = [None] * n   # each seed's thread id
+        self.signum: Optional[int] = None                # SIGTERM/SIGINT received by the main thread
 
     def attach(self, index: int, run) -> None:
         """Called by the engine once seed `index`'s run is built (clbench.engine.run's `on_ready`)."""
@@ -172,6 +175,7 @@ class SeedGroup:
         if reason:
             raise SeedGroupError(reason)
         self.strategies[index] = strategy
+        self.threads[index] = threading.get_ident()
         strategy.loss_and_gradients = functools.partial(self._gradients, index)
         run.seed_group = self.n
 
@@ -189,6 +193,11 @@ class SeedGroup:
     def _step(self) -> None:
         """One forward and backward for every seed (runs in one thread while the others wait)."""
         try:
+            if self.signum is not None:      # every seed stops after this step, checkpointed (the engine's loop)
+                from clbench.engine import _Signals
+                for ident in self.threads:
+                    if ident in _Signals.in_threads:
+                        _Signals.in_threads[ident].signum = self.signum
             batches = self.pending
             shapes = {(tuple(b.x.shape), tuple(b.y.shape)) for b in batches}
             if len(shapes) > 1:
@@ -218,6 +227,8 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
 
     Seeds the group could not finish (SeedGroupError, or another seed's failure) run again separately when
     `fallback` (resuming from the checkpoints the group wrote), so a seed fails only for a reason of its own.
+    SIGTERM/SIGINT stop every seed after the same step with its checkpoint saved, as they stop a single run, and
+    raise RunInterrupted: the same command resumes the group.
     """
     from clbench.engine import prepare, run
     reason = why_not(cfgs)
@@ -234,17 +245,32 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
             result, path = run(cfgs[i], overwrite=overwrite, console=console, prepared=runs[i],
                                on_ready=functools.partial(group.attach, i))
             out[i] = {"result": result, "path": path}
+        except RunInterrupted as e:
+            out[i] = {"interrupted": e}
         except BaseException as e:  # noqa: BLE001 - reported per seed; the other seeds must not wait for it
             out[i] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}
         finally:
             group.barrier.abort()    # a seed that stopped (or finished) early breaks the lock-step
             group.baton.release()
 
+    def on_signal(signum, frame):   # only the main thread receives signals; the group passes them on
+        group.signum = signum
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     threads = [threading.Thread(target=one, args=(i,), name=f"seed-{cfgs[i]['seed']}") for i in range(len(cfgs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    stopped = [o["interrupted"] for o in out if "interrupted" in o]
+    if stopped:
+        raise stopped[0]
     if fallback and any("error" in o for o in out):
         for i, o in enumerate(out):
             if "error" in o:

@@ -168,3 +168,38 @@ def test_the_plugin_kit_checks_a_declared_seed_parallel_strategy():
         check_strategy(GlobalDraws, settings=["class-il"])
     checks = check_strategy("replay", settings=["class-il"])
     assert [c.ok for c in checks if c.name == "seed_parallel"] == [True]
+
+
+def test_sigterm_stops_every_seed_after_the_same_step_and_the_group_resumes(tmp_path, monkeypatch):
+    """Only the main thread receives signals: the group passes SIGTERM on to every seed at a lock-step point, so
+    each saves its checkpoint after the same step and the group raises RunInterrupted (a stop, not a failure);
+    the same call resumes the group, and each seed's result is still its separate run's."""
+    import os
+    import signal
+
+    from clbench import state as S
+    from clbench.engine import RunInterrupted
+    from clbench.seed_parallel import SeedGroup
+    overrides = tiny_overrides("class-il", "replay", ["train.epochs=2", "strategy.buffer_size=20",
+                                                      "checkpoint.enabled=true"])
+    refs = _separate(overrides, tmp_path / "separate", seeds=(0, 1))
+    step, calls = SeedGroup._step, {"n": 0}
+
+    def step_then_sigterm(self):
+        calls["n"] += 1
+        if calls["n"] == 7:                     # experience 1 (6 steps per experience, 30 in all)
+            os.kill(os.getpid(), signal.SIGTERM)
+        step(self)
+    monkeypatch.setattr(SeedGroup, "_step", step_then_sigterm)
+    cfgs = _cfgs(overrides, tmp_path / "group", seeds=(0, 1))
+    with pytest.raises(RunInterrupted):
+        run_seeds(cfgs)
+    checkpoints = sorted((tmp_path / "group").glob(".*.partial/checkpoint.pt"))
+    assert len(checkpoints) == 2
+    steps = {S.load(c)["strategy"]["global_step"] for c in checkpoints}
+    assert len(steps) == 1 and 7 <= steps.pop() < 30       # the same step for both seeds, before the end
+    assert signal.getsignal(signal.SIGTERM) is not None     # the handlers are given back
+    monkeypatch.setattr(SeedGroup, "_step", step)
+    out = run_seeds(cfgs)
+    _same_as_separate(out, refs)
+    assert all(o["result"]["timing"]["segments"] == 2 for o in out)
