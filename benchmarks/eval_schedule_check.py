@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        for R, L, where in matrices(doc, f.name):
+        for R, L, where in matrices(doc, str(f)):
             T = len(R[0])
             L = list(L) if L and len(L) == T else list(range(T))
             key = json.dumps([R, L])

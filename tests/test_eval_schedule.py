@@ -144,8 +144,11 @@ def test_unscored_entries_change_no_metric_on_random_matrices():
                 if not pattern[i][j]:
                     R[i, j] = rng.uniform(0.0, 0.2)      # below every scored entry
         cheap = [[R[i, j] if pattern[i][j] else None for j in range(T)] for i in range(T)]
-        b = rng.uniform(0, 1, T).tolist()
-        assert M.compute_all(cheap, b, L) == pytest.approx(M.compute_all(R.tolist(), b, L), abs=1e-15)
+        b, ref = rng.uniform(0, 1, T).tolist(), rng.uniform(0, 1, T).tolist()
+        sizes = rng.integers(1, 50, T).tolist()
+        out = M.compute_all(cheap, b, L, reference=ref, task_sizes=sizes)
+        assert out == pytest.approx(M.compute_all(R.tolist(), b, L, reference=ref, task_sizes=sizes), abs=1e-15)
+        assert "intransigence" in out
 
 
 def test_the_one_difference_pre_learning_accuracy_above_every_later_one():
