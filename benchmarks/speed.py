@@ -208,6 +208,17 @@ def run_avalanche(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # 3. the bare PyTorch loop
 # ---------------------------------------------------------------------------------------------------------
+def reservoir_slots(seen: int, n: int, cap: int, g) -> dict:
+    """Reservoir sampling (Algorithm R) vectorised over a batch of n samples, `seen` samples into the stream: the
+    k-th sample (0-based) takes slot k while k < cap, else slot j ~ U{0..k} if j < cap; the last writer wins.
+    Returns {slot: position in the batch}, drawing from `g` as clbench's ReservoirBuffer does."""
+    import torch
+    ranks = torch.arange(seen, seen + n, dtype=torch.float64)
+    j = torch.floor(torch.rand(n, generator=g, dtype=torch.float64) * (ranks + 1)).long()
+    slot = torch.where(ranks < cap, ranks.long(), j)
+    return {s_: p_ for p_, s_ in enumerate(slot.tolist()) if s_ < cap}
+
+
 def run_bare(args) -> dict:
     import torch
     import torch.nn.functional as F
@@ -277,12 +288,7 @@ def run_bare(args) -> dict:
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
-                # reservoir sampling (Algorithm R), vectorised over the batch: the n-th sample (0-based)
-                # takes slot n while n < cap, else slot j ~ U{0..n} if j < cap; the last writer wins
-                ranks = torch.arange(seen, seen + len(b), dtype=torch.float64)
-                j = torch.floor(torch.rand(len(b), generator=g, dtype=torch.float64) * (ranks + 1)).long()
-                slot = torch.where(ranks < cap, ranks.long(), j)
-                last = {s_: p_ for p_, s_ in enumerate(slot.tolist()) if s_ < cap}
+                last = reservoir_slots(seen, len(b), cap, g)
                 if last:
                     sl = torch.tensor(list(last), device=device)
                     ps = b[torch.tensor(list(last.values()), device=device)]

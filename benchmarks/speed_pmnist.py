@@ -218,10 +218,7 @@ def run_bare(args) -> dict:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(xs), ys).backward()
             opt.step()
-            ranks = torch.arange(seen, seen + len(b), dtype=torch.float64)   # reservoir (Algorithm R)
-            j = torch.floor(torch.rand(len(b), generator=g, dtype=torch.float64) * (ranks + 1)).long()
-            slot = torch.where(ranks < cap, ranks.long(), j)
-            last = {s_: p_ for p_, s_ in enumerate(slot.tolist()) if s_ < cap}
+            last = sp.reservoir_slots(seen, len(b), cap, g)
             if last:
                 sl = torch.tensor(list(last), device=device)
                 ps = torch.tensor(list(last.values()), device=device)
