@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import RESULTS, default_root, machine, save_report, spawn  # noqa: E402
+from speed import RESULTS, default_root, interleaved, machine, save_report, spawn  # noqa: E402
 
 VARIANTS = {
     "fp32": [],
@@ -45,20 +45,16 @@ def main(argv=None) -> int:
     if args.device != "cpu":
         stem = stem.with_name(f"{stem.name}_{args.device.replace(':', '')}")
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
-    runs, k = [], 0
-    for rep in range(args.repeats):
-        for seed in args.seeds:
-            order = args.variants[k % len(args.variants):] + args.variants[:k % len(args.variants)]
-            k += 1
-            for v in order:
-                wargs = argparse.Namespace(device=args.device, threads=args.threads, data_root=args.data_root,
-                                           avalanche_buffer="reservoir", protocol="split-mnist",
-                                           max_train_per_exp=args.max_train_per_exp, clbench_override=VARIANTS[v])
-                r = spawn("clbench", seed, wargs)
-                r.update(variant=v, repeat=rep)
-                runs.append(r)
-                print(f"  {v:<24s} seed {seed}: train+eval {r['train_eval_s']:7.2f}s (train {r['train_s']:.2f}, "
-                      f"eval {r['eval_s']:.2f})  acc {100 * r['final_acc']:.2f}%  [{r['device']}]", flush=True)
+    runs = []
+    for rep, seed, v in interleaved(args.variants, args.seeds, args.repeats):
+        wargs = argparse.Namespace(device=args.device, threads=args.threads, data_root=args.data_root,
+                                   avalanche_buffer="reservoir", protocol="split-mnist",
+                                   max_train_per_exp=args.max_train_per_exp, clbench_override=VARIANTS[v])
+        r = spawn("clbench", seed, wargs)
+        r.update(variant=v, repeat=rep)
+        runs.append(r)
+        print(f"  {v:<24s} seed {seed}: train+eval {r['train_eval_s']:7.2f}s (train {r['train_s']:.2f}, "
+              f"eval {r['eval_s']:.2f})  acc {100 * r['final_acc']:.2f}%  [{r['device']}]", flush=True)
     summary = {}
     for v in args.variants:
         rs = [r for r in runs if r["variant"] == v]

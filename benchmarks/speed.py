@@ -355,6 +355,16 @@ def run_worker(cmd: list[str], threads: int, what: str) -> dict:
     return out
 
 
+def interleaved(items: list, seeds: list, repeats: int):
+    """(repeat, seed, item) for every run, the order of the items rotating from one (repeat, seed) to the next so
+    that a busy spell of this shared machine falls on every item alike."""
+    k = 0
+    for rep in range(repeats):
+        for seed in seeds:
+            yield from ((rep, seed, it) for it in items[k % len(items):] + items[:k % len(items)])
+            k += 1
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -567,20 +577,16 @@ def main(argv=None) -> int:
         stem = stem.with_name(f"{stem.name}_{args.device.replace(':', '')}")
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
-    runs, k = [], 0
-    for rep in range(args.repeats):
-        for seed in args.seeds:
-            order = args.methods[k % len(args.methods):] + args.methods[:k % len(args.methods)]
-            k += 1
-            for m in order:
-                r = spawn(m, seed, args)
-                r["repeat"] = rep
-                runs.append(r)
-                print(f"  {m:<10s} seed {seed} repeat {rep}: train+eval {r['train_eval_s']:7.2f}s "
-                      f"(cpu {r['train_eval_cpu_s']:.2f}; train {r['train_s']:.2f}, eval {r['eval_s']:.2f})  "
-                      f"process {r['process_wall_s']:7.2f}s  "
-                      f"cpu {r['process_cpu_s']:7.2f}s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
-                      f"acc {100 * r['final_acc']:.2f}%  [{r['device']}]", flush=True)
+    runs = []
+    for rep, seed, m in interleaved(args.methods, args.seeds, args.repeats):
+        r = spawn(m, seed, args)
+        r["repeat"] = rep
+        runs.append(r)
+        print(f"  {m:<10s} seed {seed} repeat {rep}: train+eval {r['train_eval_s']:7.2f}s "
+              f"(cpu {r['train_eval_cpu_s']:.2f}; train {r['train_s']:.2f}, eval {r['eval_s']:.2f})  "
+              f"process {r['process_wall_s']:7.2f}s  "
+              f"cpu {r['process_cpu_s']:7.2f}s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+              f"acc {100 * r['final_acc']:.2f}%  [{r['device']}]", flush=True)
     summary = summarize(runs, args.methods)
     report = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "protocol": P, "args": vars(args),
