@@ -203,3 +203,24 @@ def test_sigterm_stops_every_seed_after_the_same_step_and_the_group_resumes(tmp_
     out = run_seeds(cfgs)
     _same_as_separate(out, refs)
     assert all(o["result"]["timing"]["segments"] == 2 for o in out)
+
+
+def test_an_interrupted_group_is_interrupted_for_every_seed_not_failed(tmp_path, monkeypatch):
+    """As for a single run (clbench/executors.py): a group stopped by SIGTERM reports 'interrupted' (with the
+    signal) for each seed, so the sweep stops and its re-run resumes them, instead of recording failures."""
+    import signal
+
+    import clbench.seed_parallel as sp
+    from clbench.config import config_hash
+    from clbench.engine import RunInterrupted
+    from clbench.results import make_run_id
+
+    def stopped(cfgs, **kwargs):
+        raise RunInterrupted(signal.SIGTERM, "in experience 1, step 2", tmp_path)
+    monkeypatch.setattr(sp, "run_seeds", stopped)
+    cfgs = _cfgs(tiny_overrides("class-il", "naive"), tmp_path, seeds=(0, 1))
+    members = [Task(run_id=make_run_id(c, config_hash(c)), cfg=c) for c in cfgs]
+    o = execute_task(Task(run_id="seeds:x", cfg=cfgs[0], members=members))
+    assert o.status == "interrupted" and o.signum == signal.SIGTERM
+    assert [(m.run_id, m.status, m.signum) for m in o.members] == [(t.run_id, "interrupted", signal.SIGTERM)
+                                                                  for t in members]
