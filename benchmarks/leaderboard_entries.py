@@ -2,7 +2,8 @@
 
 For each (benchmark, strategy, overrides) below: run 3 seeds (0, 1, 2) with `clbench.engine.run`
 (W&B off), build a submission from the run folders, validate it, save it to leaderboard/submissions/,
-optionally verify it by re-running seed 0 (`--verify`), and finally render the board.
+optionally verify it by re-running every seed (`--verify`, a record in leaderboard/verifications/), and
+finally render the board.
 
 Runs land in runs/leaderboard/<benchmark>/<entry>/ (git-ignored) and are reused when complete, so the
 script resumes after an interruption and re-running it changes nothing: an existing submission with the
@@ -28,6 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
+from clbench.escape import slug   # run folder names
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
 DIGITS_STRATEGIES = ["naive", "replay", "joint", "cumulative", "agem", "der", "derpp", "ewc", "si", "lwf",
@@ -41,10 +44,6 @@ ENTRIES = (
     + [("split-mnist", s, [], None) for s in ("naive", "replay", "der", "ewc", "joint")]
     + [("permuted-mnist", s, ["train.epochs=1"], None) for s in ("naive", "replay", "ewc")]
 )
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
 def run_seeds(bench, strategy, extra, out: Path, data_root: str) -> list[Path]:
@@ -78,7 +77,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--benchmarks", help="comma-separated subset of: split-digits, split-mnist, permuted-mnist")
     ap.add_argument("--strategies", help="comma-separated subset of the strategies")
-    ap.add_argument("--verify", action="store_true", help="re-run seed 0 of each new/unverified entry")
+    ap.add_argument("--verify", action="store_true",
+                    help="re-run every seed of each new/unverified entry (writes a verification record)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
     ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--runs", default=str(REPO / "runs" / "leaderboard"))
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     from clbench.config import benchmark_names
     from clbench.leaderboard import build_submission, save_submission, validate_submission
     from clbench.leaderboard.render import render
-    from clbench.leaderboard.verify import verification_status, verify_submission
+    from clbench.leaderboard.verify import load_records, verification_status, verify_submission
     from clbench.registry import STRATEGIES
 
     benches = set(args.benchmarks.split(",")) if args.benchmarks else None
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             # Runs are reused only while their recorded code and data identity is the current one.
-            dirs = run_seeds(bench, strategy, extra, Path(args.runs) / bench / slug(strategy + "".join(extra)),
+            dirs = run_seeds(bench, strategy, extra, Path(args.runs) / bench / slug(strategy + "".join(extra), limit=None),
                              args.data_root)
             sub = build_submission(dirs, name=name)
             issues = validate_submission(sub)
@@ -132,16 +132,18 @@ def main(argv=None) -> int:
                     stale.unlink()
                     print(f"  removed superseded {stale.name}")
             current = json.loads(path.read_text())
-            if args.verify and verification_status(current)["status"] != "verified":
-                rec = verify_submission(path, seed=SEEDS[0], data_root=args.data_root)
-                print(f"  verify seed {rec['seed']}: {'ok' if rec['verified'] else 'FAILED'} ({rec['reason']})")
-                current = json.loads(path.read_text())
+            records_dir = Path(args.board) / "verifications"
+            if args.verify and verification_status(current, load_records(records_dir)[0])["status"] != "verified":
+                rec = verify_submission(path, data_root_dir=args.data_root, record_dir=records_dir)
+                print(f"  verify every seed: {'ok' if rec['passed'] else 'FAILED'} "
+                      f"({'; '.join(e['reason'] for e in rec['seeds'])}); record {rec['file']}")
             acc = current["summary"]["acc"]
             summary.append({"benchmark": bench, "method": current["method"]["name"], "overrides": extra,
                             "acc_mean": acc["mean"], "acc_std": acc["std"], "n": acc["n"],
                             "forgetting_mean": current["summary"]["forgetting"]["mean"],
                             "forgetting_std": current["summary"]["forgetting"]["std"],
-                            "verified": verification_status(current)["status"], "seeds": current["seeds"],
+                            "verified": verification_status(current, load_records(records_dir)[0])["status"],
+                            "seeds": current["seeds"],
                             "mean_seconds_per_seed": current["timing"]["mean_per_seed_s"], "file": path.name})
             print(f"  ACC {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % (n={acc['n']}) "
                   f"[{time.perf_counter() - t0:.0f}s]")

@@ -31,6 +31,7 @@ from clbench.errors import ConfigError, UnknownNameError, bad_value
 from clbench.hparams import HP, INT64_MAX, check_section, check_value, choice, defaults, did_you_mean, \
     loguniform, specs_from_signature
 from clbench.registry import CALLBACKS, MODELS, PRESETS, SCENARIOS, STRATEGIES
+from clbench.schedules import SCHEDULES, checked as checked_schedule
 
 # Keys that do not change what is computed, left out of the config hash.
 NON_SEMANTIC_KEYS = ("out", "device", "progress", "data", "wandb", "resume", "checkpoint", "config_source")
@@ -76,6 +77,23 @@ CORE: dict[str, dict[str, HP]] = {
         "compile": HP("off", "torch.compile the model's forward passes (training and evaluation of the trained "
                              "model) in this mode; the first steps pay the compilation",
                       choices=("off", "default", "reduce-overhead", "max-autotune")),
+        # learning-rate schedule (clbench/schedules.py); only the keys of the chosen schedule stay in the config
+        "schedule": HP("constant", "lr schedule within each experience: constant, step (x gamma at milestones), "
+                                   "cosine (re-warmed per experience), infinite (Singh et al. 2025)",
+                       choices=SCHEDULES),
+        "milestones": HP([], "step: epochs of an experience after which the lr is multiplied by gamma",
+                         type=list, items=int, low=1),
+        "gamma": HP(0.1, "step: lr factor at each milestone", gt=0, high=1),
+        "warmup": HP(0.05, "cosine, infinite: fraction of the experience's steps with a linear warm-up from 0 "
+                           "(infinite: first experience only)", low=0, high=1),
+        "cooldown": HP(0.5, "infinite: end of the cosine cooldown from lr to const_lr, as a fraction of the first "
+                            "experience (includes the warm-up)", low=0, high=1),
+        "anneal_at": HP(0.8, "infinite: fraction of every experience after which the lr anneals exponentially "
+                             "from const_lr to min_lr", low=0, high=1),
+        "const_lr": HP(0.75, "infinite: constant lr, as a fraction of the lr", gt=0, high=1),
+        "min_lr": HP(0.05, "cosine, infinite: final lr, as a fraction of the lr", gt=0, high=1),
+        "restart_before_anneal": HP(True, "infinite: the next experience starts from the weights before the "
+                                          "annealing (as published), not from the annealed ones"),
     },
     "eval": {
         "batch_size": HP(1000, "evaluation minibatch size", low=1),
@@ -191,7 +209,8 @@ def load_benchmark(name: str) -> dict:
             raise ConfigError(f"section '{section}' of benchmark file {path} must be a mapping")
         if section in ("dataset", "scenario", "model") and not isinstance((data.get(section) or {}).get("name"), str):
             raise ConfigError(f"section '{section}' of benchmark file {path} must give a 'name'")
-    unknown = [k for k in data if k not in (*SECTIONS, "name", "version", "description", "protocol")]
+    # expected_stream: the stream's shape, read by the leaderboard only (clbench/leaderboard/validate.py)
+    unknown = [k for k in data if k not in (*SECTIONS, "name", "version", "description", "protocol", "expected_stream")]
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in benchmark file {path}.{did_you_mean(unknown[0], SECTIONS)}")
     return data
@@ -495,6 +514,7 @@ def validate(cfg: dict) -> dict:
         raise bad_value("out", "expected a folder path")
     for section in ("checkpoint", "data", "train", "eval", "wandb"):
         out[section] = check_section(section, cfg.get(section) or {}, CORE[section], skip=())
+    out["train"] = checked_schedule(out["train"])      # only the chosen schedule's keys stay
     for section in ("dataset", "scenario", "model"):
         out[section] = check_section(section, cfg[section], section_specs(cfg, section))
     out["strategy"] = check_section("strategy", cfg["strategy"], strategy_specs(cfg["strategy"]["name"],

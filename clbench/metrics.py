@@ -18,6 +18,7 @@ says which one it follows (docs/metrics.md has the full table and sources).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -249,6 +250,47 @@ def compute_all(R, initial, learned_at=None, reference: Optional[Sequence[float]
     if reference is not None:
         out["intransigence"] = intransigence(R, reference, learned_at)
     return out
+
+
+def summarize(R, initial, learned_at=None, *, setting: Optional[str] = None,
+              task_sizes: Optional[Sequence[int]] = None, task_masked=None,
+              reference: Optional[Sequence[float]] = None,
+              anytime_acc_seen: Optional[Sequence[Optional[float]]] = None) -> dict:
+    """The metrics dict of one run: the one function the engine (result.json `metrics`), `clbench report`
+    and the leaderboard's `submit` and `validate` share, so they cannot disagree.
+
+    Every metric of `compute_all`; `intransigence` with a reference a*; `anytime_acc_auc` with the anytime
+    curve; `acc_task_masked` (final accuracy of the task-masked R) in class-IL only: in task-IL the task id
+    is already given at test time and in domain-IL every task holds every class, so there the mask changes
+    nothing and the number would only repeat `acc`.
+    """
+    out = compute_all(R, initial, learned_at, reference=reference, task_sizes=task_sizes)
+    if setting == "class-il" and task_masked is not None:
+        out["acc_task_masked"] = acc(task_masked, learned_at)
+    if anytime_acc_seen is not None:
+        out["anytime_acc_auc"] = anytime_auc(anytime_acc_seen)
+    return out
+
+
+def mean_std(values) -> dict:
+    """{"mean", "std", "n"} over seeds: the one place clbench aggregates repeats (report, sweep summaries,
+    leaderboard summaries, figures).
+
+    `values` are numbers, or equally shaped arrays (e.g. one accuracy matrix per seed; mean and std are
+    then arrays). Undefined values (None, NaN) are left out and `n` counts the rest. `std` is the sample
+    standard deviation (ddof = 1), None for a single value; `mean` is None when nothing is left. In an
+    array, an entry that is None / NaN in every value (one eval.schedule=seen_next does not score) stays NaN.
+    """
+    kept = [v for v in values if v is not None and not np.isnan(np.asarray(v, dtype=np.float64)).all()]
+    if not kept:
+        return {"mean": None, "std": None, "n": 0}
+    a = np.asarray(kept, dtype=np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN entries: NaN, as documented
+        mean, std = np.nanmean(a, 0), (np.nanstd(a, 0, ddof=1) if len(kept) > 1 else None)
+    if a.ndim == 1:
+        mean, std = float(mean), (None if std is None else float(std))
+    return {"mean": mean, "std": std, "n": len(kept)}
 
 
 def direction(name: str) -> str:

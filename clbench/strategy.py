@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbench import state as S
+from clbench import schedules
 from clbench.errors import PluginError, TrainingDiverged
 from clbench.hparams import HP, Params, check_value, defaults
 from clbench.stream import Batch, Experience, TensorSplit
@@ -165,6 +166,10 @@ class Strategy:
         mode = train_cfg.get("compile", "off")
         # a compiled view of the model sharing its parameters: state_dict keys and copies stay plain modules
         self._compiled = None if mode == "off" else torch.compile(self.model, mode=mode)
+        # train.schedule (clbench/schedules.py): the lr follows the position in the experience (self.loop);
+        # the infinite schedule keeps the weights before annealing for the next experience
+        self.schedule = schedules.Schedule(train_cfg)
+        self.schedule_snapshot: Optional[dict] = None
 
     @classmethod
     def _checked_params(cls, params: dict) -> dict:
@@ -230,6 +235,9 @@ class Strategy:
             self.task_classes[t] = sorted(set(self.task_classes.get(t, [])) | set(exp.classes))
             self._class_mask = None
         self.seen_classes = sorted(set(self.seen_classes) | set(exp.classes))
+        if self.schedule_snapshot is not None:       # infinite schedule: continue from before the annealing
+            schedules.restore(self.schedule_snapshot, self.model, self.optimizer)
+            self.schedule_snapshot = None
         if self.train_cfg.get("reset_optimizer", True) and exp.index > 0:
             self.optimizer = self.make_optimizer()
         self.loop = {"experience": exp.index, "epoch": 0, "order": None, "pos": 0, "step": 0}
@@ -242,6 +250,8 @@ class Strategy:
         """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position; yields the
         number of stream samples of each step."""
         loop, bs = self.loop, int(self.train_cfg["batch_size"])
+        loop["steps_per_epoch"] = (len(data) + bs - 1) // bs          # the lr schedule's position
+        loop["n_steps"] = loop["steps_per_epoch"] * int(self.train_cfg["epochs"])
         while loop["epoch"] < int(self.train_cfg["epochs"]):
             if loop["order"] is None:     # an online split is consumed in its arrival order, never shuffled
                 loop["order"] = (torch.arange(len(data), device=data.device) if data.arrival_order else
@@ -279,6 +289,7 @@ class Strategy:
 
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
+        self.scheduled_lr()
         loss = self.loss_and_gradients(batch)
         if self.loop is not None:
             self.loop["step"] += 1
@@ -297,6 +308,7 @@ class Strategy:
         else:                        # skips the step when a gradient overflowed, and adapts the scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        self.keep_schedule_snapshot()
         self.after_step(batch)
         for cb in self.callbacks:
             cb.after_step(self, batch)
@@ -314,6 +326,21 @@ class Strategy:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         return loss
+
+    def scheduled_lr(self) -> None:
+        """Set the lr of `train.schedule` for the coming step, before loss() (HNET's look-ahead reads it)."""
+        loop = self.loop
+        if self.schedule and loop is not None and "n_steps" in loop:
+            first = loop["experience"] == 0
+            schedules.set_lr(self.optimizer, self.schedule.factor(loop["step"], loop["n_steps"],
+                                                                  loop["steps_per_epoch"], first))
+
+    def keep_schedule_snapshot(self) -> None:
+        """The infinite schedule: after its last constant-lr step, keep the weights the next experience starts from."""
+        loop = self.loop
+        if self.schedule and loop is not None and "n_steps" in loop and \
+                loop["step"] - 1 == self.schedule.snapshot_step(loop["n_steps"]):
+            self.schedule_snapshot = schedules.snapshot(self.model, self.optimizer)
 
     def _checked_loss(self, loss) -> Tensor:
         if isinstance(loss, Tensor) and loss.dim() == 0 and loss.is_floating_point():
@@ -409,6 +436,8 @@ class Strategy:
         kept = {name: getattr(self, name, None) for name in self.checkpoint_attrs}
         if self.previous_model is not None:
             kept["previous_model"] = self.previous_model
+        if self.schedule_snapshot is not None:
+            kept["schedule_snapshot"] = self.schedule_snapshot
         for i, cb in enumerate(self.callbacks):
             kept.update({f"callback{i}.{n}": getattr(cb, n, None) for n in cb.checkpoint_attrs})
         seen: set = set()
@@ -434,6 +463,7 @@ class Strategy:
             "previous_model": S.pack(self.previous_model),
             "attrs": {name: S.pack(getattr(self, name)) for name in self.checkpoint_attrs},
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "schedule_snapshot": S.pack(self.schedule_snapshot),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
@@ -454,3 +484,4 @@ class Strategy:
             cb.load_state_dict(cb_state, self.model)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        self.schedule_snapshot = S.unpack(state.get("schedule_snapshot"))

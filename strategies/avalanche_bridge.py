@@ -58,8 +58,8 @@ FROM_STREAM = {"n_classes": lambda info: info.n_classes, "num_classes": lambda i
 # Combinations that cannot work on a clbench stream, with what to do instead.
 UNSUPPORTED = {
     "JointTraining": "it trains once on the whole stream; use clbench's strategy=joint",
-    "PNNStrategy": "it needs Avalanche's PNN model, not a clbench model",
-    "PackNet": "it needs a PackNetModel wrapper around the network",
+    "PNNStrategy": "it needs Avalanche's PNN model, not a clbench model (use the built-in strategy=pnn)",
+    "PackNet": "it needs a PackNetModel wrapper around the network (use the built-in strategy=packnet)",
     "ICaRL": "it needs separate feature-extractor and classifier modules and a buffer transform",
     "ER_AML": "it needs a separate feature-extractor module",
     "StreamingLDA": "it needs a pre-trained feature extractor (slda_model)",
@@ -106,7 +106,7 @@ def lookup(arg: str) -> tuple[str, type]:
         import qpsolvers
         if "quadprog" not in qpsolvers.available_solvers:
             raise ConfigError("strategy=avalanche:GEM needs the QP solver 'quadprog': "
-                              "pip install 'clbench[gem]' (or pip install quadprog)")
+                              "pip install quadprog (a dependency of clbench)")
     return name, classes[name]
 
 

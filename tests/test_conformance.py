@@ -13,7 +13,9 @@ from clbench.testing import check_strategy
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
             "hlop", "owm", "clser",
-            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss"]
+            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss",
+            "gem", "mas", "rwalk", "pnn", "packnet", "fdr", "hal",
+            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)

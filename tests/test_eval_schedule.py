@@ -187,6 +187,24 @@ def test_readers_handle_unscored_entries(tmp_path):
     assert rows[0]["metrics"]["acc"]["mean"] == result["metrics"]["acc"]
 
 
+def test_result_schema_takes_seen_next_nulls_only_where_unscored():
+    """A seen_next result.json is a valid result (sweeps and report read it through result_problems); a null the
+    schedule scores (final row) or any null under full is refused with one line naming the entry."""
+    from clbench.schema import result_problems
+    result, _ = _run(tiny_overrides("class-il", "replay", ["eval.validation=0.25"]), "seen_next")
+    result = json.loads(json.dumps(result))
+    assert any(v is None for row in result["accuracy_matrix"] for v in row)
+    assert result_problems(result) == []
+    final = json.loads(json.dumps(result))
+    final["accuracy_matrix"][-1][0] = None
+    assert result_problems(final) == ["accuracy_matrix[%d][0] is null (unscored) but eval.schedule=seen_next "
+                                      "scores it (a task learned by the next experience, or the final row)"
+                                      % (len(result["accuracy_matrix"]) - 1)]
+    as_full = json.loads(json.dumps(result))
+    as_full["config"]["eval"]["schedule"] = "full"
+    assert any("eval.schedule=full scores every entry" in p for p in result_problems(as_full))
+
+
 def test_wandb_log_row_skips_unscored_entries():
     from clbench.evaluator import EvalRow
     from clbench.loggers import WandbLogger
@@ -231,8 +249,8 @@ def test_leaderboard_takes_seen_next_runs_and_refuses_nulls_a_metric_reads(tmp_p
     assert any(v is None for r in sub["runs"] for row in r["accuracy_matrix"] for v in row)
     assert validate_submission(sub) == []
     path = save_submission(sub, tmp_path / "subs")
-    rec = verify_submission(path, seed=2)
-    assert rec["verified"] and rec["max_abs_diff"] == 0.0
+    rec = verify_submission(path, seeds=[2])
+    assert rec["passed"] and rec["seeds"][0]["max_abs_diff"] == 0.0, rec["seeds"][0]["reason"]
     assert write_heatmap(sub, tmp_path / "h.png").stat().st_size > 1000
     bad = json.loads(json.dumps(sub))
     bad["runs"][0]["accuracy_matrix"][-1][0] = None
@@ -241,4 +259,4 @@ def test_leaderboard_takes_seen_next_runs_and_refuses_nulls_a_metric_reads(tmp_p
     del old["config"]["eval"]["schedule"]          # written before the key existed: it scored every entry
     for r in old["runs"]:
         r["run_config_hash"] = config_hash(run_config(old["config"], r["seed"], r["stream_seed"]))
-    assert rerun_config(old, 0, "cpu", str(tmp_path / "o"), None)["eval"]["schedule"] == "full"
+    assert rerun_config(old, 0, "cpu", str(tmp_path / "o"), "data")["eval"]["schedule"] == "full"
