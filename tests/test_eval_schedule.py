@@ -205,6 +205,14 @@ def test_result_schema_takes_seen_next_nulls_only_where_unscored():
     assert any("eval.schedule=full scores every entry" in p for p in result_problems(as_full))
 
 
+def test_mean_over_seeds_leaves_unscored_entries_blank():
+    """The seed mean of seen_next matrices (report, leaderboard heat map) keeps the scored entries and leaves
+    the unscored ones NaN, rather than dropping every seed."""
+    m = M.mean_std([[[0.5, None], [0.4, 0.6]], [[0.7, None], [0.6, 0.8]]])
+    assert m["n"] == 2 and np.isnan(m["mean"][0][1]) and np.isnan(m["std"][0][1])
+    assert m["mean"][0][0] == pytest.approx(0.6) and m["mean"][1].tolist() == pytest.approx([0.5, 0.7])
+
+
 def test_wandb_log_row_skips_unscored_entries():
     from clbench.evaluator import EvalRow
     from clbench.loggers import WandbLogger
