@@ -20,6 +20,7 @@ whole process, its CPU time (user+sys), its peak RSS (and peak CUDA memory), and
     python benchmarks/speed.py --repeats 3          # 9 runs per method
     python benchmarks/speed.py --quick              # smoke check: 2000 samples/experience, seed 0
     python benchmarks/speed.py --device cuda        # on a GPU (device recorded with every number)
+    python benchmarks/speed.py --protocol pmnist20 --seeds 0   # permuted MNIST, 20 tasks (benchmarks/speed_pmnist.py)
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 METHODS = ("clbench", "avalanche", "bare")
+PROTOCOLS = ("split-mnist", "pmnist20")   # pmnist20: Mammoth's P-MNIST at 20 tasks (benchmarks/speed_pmnist.py)
+ALL_METHODS = (*METHODS, "clbench_seen_next")
 MARK = "@@SPEED_RESULT@@ "
 
 # The protocol, in one place; every method reads it from here.
@@ -205,6 +208,17 @@ def run_avalanche(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # 3. the bare PyTorch loop
 # ---------------------------------------------------------------------------------------------------------
+def reservoir_slots(seen: int, n: int, cap: int, g) -> dict:
+    """Reservoir sampling (Algorithm R) vectorised over a batch of n samples, `seen` samples into the stream: the
+    k-th sample (0-based) takes slot k while k < cap, else slot j ~ U{0..k} if j < cap; the last writer wins.
+    Returns {slot: position in the batch}, drawing from `g` as clbench's ReservoirBuffer does."""
+    import torch
+    ranks = torch.arange(seen, seen + n, dtype=torch.float64)
+    j = torch.floor(torch.rand(n, generator=g, dtype=torch.float64) * (ranks + 1)).long()
+    slot = torch.where(ranks < cap, ranks.long(), j)
+    return {s_: p_ for p_, s_ in enumerate(slot.tolist()) if s_ < cap}
+
+
 def run_bare(args) -> dict:
     import torch
     import torch.nn.functional as F
@@ -274,12 +288,7 @@ def run_bare(args) -> dict:
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
-                # reservoir sampling (Algorithm R), vectorised over the batch: the n-th sample (0-based)
-                # takes slot n while n < cap, else slot j ~ U{0..n} if j < cap; the last writer wins
-                ranks = torch.arange(seen, seen + len(b), dtype=torch.float64)
-                j = torch.floor(torch.rand(len(b), generator=g, dtype=torch.float64) * (ranks + 1)).long()
-                slot = torch.where(ranks < cap, ranks.long(), j)
-                last = {s_: p_ for p_, s_ in enumerate(slot.tolist()) if s_ < cap}
+                last = reservoir_slots(seen, len(b), cap, g)
                 if last:
                     sl = torch.tensor(list(last), device=device)
                     ps = b[torch.tensor(list(last.values()), device=device)]
@@ -306,7 +315,11 @@ WORKERS = {"clbench": run_clbench, "avalanche": run_avalanche, "bare": run_bare}
 def worker_main(args) -> None:
     import torch
     torch.set_num_threads(args.threads)
-    out = WORKERS[args.worker](args)
+    if args.protocol == "pmnist20":
+        from speed_pmnist import WORKERS as PMNIST_WORKERS
+        out = PMNIST_WORKERS[args.worker](args)
+    else:
+        out = WORKERS[args.worker](args)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out.update(method=args.worker, seed=args.seed, threads=torch.get_num_threads(),
                process_cpu_s=ru.ru_utime + ru.ru_stime, peak_rss_mb=ru.ru_maxrss / 1024)
@@ -319,7 +332,7 @@ def worker_main(args) -> None:
 def spawn(method: str, seed: int, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--seed", str(seed),
            "--device", args.device, "--threads", str(args.threads), "--data-root", args.data_root,
-           "--avalanche-buffer", args.avalanche_buffer]
+           "--avalanche-buffer", args.avalanche_buffer, "--protocol", args.protocol]
     if args.max_train_per_exp:
         cmd += ["--max-train-per-exp", str(args.max_train_per_exp)]
     for o in args.clbench_override:
@@ -340,6 +353,16 @@ def run_worker(cmd: list[str], threads: int, what: str) -> dict:
     out = json.loads(lines[-1][len(MARK):])
     out["process_wall_s"] = wall
     return out
+
+
+def interleaved(items: list, seeds: list, repeats: int):
+    """(repeat, seed, item) for every run, the order of the items rotating from one (repeat, seed) to the next so
+    that a busy spell of this shared machine falls on every item alike."""
+    k = 0
+    for rep in range(repeats):
+        for seed in seeds:
+            yield from ((rep, seed, it) for it in items[k % len(items):] + items[:k % len(items)])
+            k += 1
 
 
 def median(xs):
@@ -374,6 +397,7 @@ def summarize(runs: list[dict], methods) -> dict:
             "final_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "final_acc_by_seed": {str(k): statistics.mean(v) for k, v in sorted(by_seed.items())},
             "final_rows_by_seed": {str(r["seed"]): r["final_row"] for r in sorted(rs, key=lambda r: r["seed"])},
+            "per_task_s": [median(v) for v in zip(*[r["per_task_s"] for r in rs])] if "per_task_s" in rs[0] else None,
         }
     return s
 
@@ -387,7 +411,9 @@ def ratios(s: dict) -> dict:
     for key in ("train_eval_s", "train_eval_cpu_s", "train_s", "eval_s", "process_wall_s", "process_cpu_s",
                 "peak_rss_mb"):
         out[key] = {"clbench/bare": r("clbench", "bare", key), "avalanche/clbench": r("avalanche", "clbench", key),
-                    "avalanche/bare": r("avalanche", "bare", key)}
+                    "avalanche/bare": r("avalanche", "bare", key),
+                    "clbench_seen_next/bare": r("clbench_seen_next", "bare", key),
+                    "clbench_seen_next/clbench": r("clbench_seen_next", "clbench", key)}
     acc = {m: s[m]["final_acc_mean"] for m in s}
     if "clbench" in s and "bare" in s:  # same seed, same RNG use: the two should agree exactly
         out["clbench_equals_bare"] = s["clbench"]["final_rows_by_seed"] == s["bare"]["final_rows_by_seed"]
@@ -469,12 +495,57 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAMMOTH_PUBLISHED = {"train_eval_s": 221.0, "first_task_s": 5.3, "last_task_s": 16.5, "bare_s": 22.0}
+
+
+def markdown_pmnist(report: dict) -> str:
+    """The pmnist20 report: the table, the ratios, per-task times, and Mammoth's published figure beside them."""
+    from speed_pmnist import DESCRIPTION
+    s, rt, a = report["summary"], report["ratios"], report["args"]
+    lines = ["# Speed at length: permuted MNIST, 20 tasks (Mammoth's protocol)", "",
+             f"Command: `{report['command']}`  ",
+             f"Date: {report['date']}; device: {', '.join(sorted({d for m in s.values() for d in m['device']}))}; "
+             f"torch threads per process: {a['threads']}; CPU: {report['machine']['cpu']} "
+             f"({report['machine']['cpu_count']} logical cores); load average before/after: "
+             f"{report['loadavg_before']} / {report['loadavg_after']}  ",
+             f"Protocol: {DESCRIPTION}. Seeds {a['seeds']}, repeats {a['repeats']} (medians, methods interleaved).", "",
+             "| method | train+eval wall (s) | train (s) | eval (s) | first task (s) | last task (s) | process wall (s) "
+             "| peak RSS (MB) | final acc (%) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, v in s.items():
+        pt = v.get("per_task_s") or [None]
+        lines.append(f"| {m} | {fmt(v['train_eval_s'], '.1f')} | {fmt(v['train_s'], '.1f')} | {fmt(v['eval_s'], '.1f')} | "
+                     f"{fmt(pt[0], '.2f')} | {fmt(pt[-1], '.2f')} | {fmt(v['process_wall_s'], '.1f')} | "
+                     f"{fmt(v['peak_rss_mb'], '.0f')} | {100 * v['final_acc_mean']:.2f} |")
+    mp = MAMMOTH_PUBLISHED
+    lines += [f"| Mammoth (published, not run here) | {mp['train_eval_s']:.0f} | | | {mp['first_task_s']} | "
+              f"{mp['last_task_s']} | | | |", "",
+              "| ratio (train+eval wall) | value |", "|---|---:|"]
+    for pair, v in rt["train_eval_s"].items():
+        if v is not None:
+            lines.append(f"| {pair} | {v:.2f} |")
+    bare = s.get("bare", {}).get("train_eval_s")
+    if bare:
+        lines.append(f"| Mammoth/bare, published (221 s / 22 s on their 2-core CPU) | "
+                     f"{mp['train_eval_s'] / mp['bare_s']:.2f} |")
+    if "clbench_equals_bare" in rt:
+        lines += ["", f"clbench and the bare loop give identical accuracy rows for every seed: "
+                      f"{'yes' if rt['clbench_equals_bare'] else 'NO'}."]
+    lines += ["", "Per-task time (training + evaluation of that row), s:", ""]
+    for m, v in s.items():
+        if v.get("per_task_s"):
+            lines.append(f"- {m}: " + ", ".join(f"{x:.2f}" for x in v["per_task_s"]))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=1, help="runs per (method, seed)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="split-mnist",
+                    help="split-mnist (issue 8's experiment) or pmnist20 (Mammoth's P-MNIST, 20 tasks)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS,
+                    help="default: clbench avalanche bare (pmnist20: clbench clbench_seen_next avalanche bare)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     ap.add_argument("--data-root", default=default_root(), help="folder holding MNIST/raw")
@@ -486,41 +557,43 @@ def main(argv=None) -> int:
     ap.add_argument("--clbench-override", action="append", default=[], help="extra clbench key=value")
     ap.add_argument("--quick", action="store_true", help="smoke check: seed 0, 1 repeat, 2000 samples/experience")
     ap.add_argument("--out", default=None, help="results file stem (default results/speed or speed_quick)")
-    ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=ALL_METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker_main(args)
         return 0
+    if args.methods is None:
+        args.methods = list(METHODS) if args.protocol == "split-mnist" else ["clbench", "clbench_seen_next",
+                                                                              "avalanche", "bare"]
+    if args.protocol == "split-mnist" and "clbench_seen_next" in args.methods:
+        ap.error("clbench_seen_next is a method of --protocol pmnist20")
     if args.quick:
         args.seeds, args.repeats = args.seeds[:1], 1
         args.max_train_per_exp = args.max_train_per_exp or 2000
-    stem = Path(args.out) if args.out else RESULTS / ("speed_quick" if args.quick else "speed")
+    name = "speed" if args.protocol == "split-mnist" else "speed_pmnist20"
+    stem = Path(args.out) if args.out else RESULTS / (f"{name}_quick" if args.quick else name)
     if args.device != "cpu":
         stem = stem.with_name(f"{stem.name}_{args.device.replace(':', '')}")
 
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
-    runs, k = [], 0
-    for rep in range(args.repeats):
-        for seed in args.seeds:
-            order = args.methods[k % len(args.methods):] + args.methods[:k % len(args.methods)]
-            k += 1
-            for m in order:
-                r = spawn(m, seed, args)
-                r["repeat"] = rep
-                runs.append(r)
-                print(f"  {m:<10s} seed {seed} repeat {rep}: train+eval {r['train_eval_s']:7.2f}s "
-                      f"(cpu {r['train_eval_cpu_s']:.2f}; train {r['train_s']:.2f}, eval {r['eval_s']:.2f})  "
-                      f"process {r['process_wall_s']:7.2f}s  "
-                      f"cpu {r['process_cpu_s']:7.2f}s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
-                      f"acc {100 * r['final_acc']:.2f}%  [{r['device']}]", flush=True)
+    runs = []
+    for rep, seed, m in interleaved(args.methods, args.seeds, args.repeats):
+        r = spawn(m, seed, args)
+        r["repeat"] = rep
+        runs.append(r)
+        print(f"  {m:<10s} seed {seed} repeat {rep}: train+eval {r['train_eval_s']:7.2f}s "
+              f"(cpu {r['train_eval_cpu_s']:.2f}; train {r['train_s']:.2f}, eval {r['eval_s']:.2f})  "
+              f"process {r['process_wall_s']:7.2f}s  "
+              f"cpu {r['process_cpu_s']:7.2f}s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+              f"acc {100 * r['final_acc']:.2f}%  [{r['device']}]", flush=True)
     summary = summarize(runs, args.methods)
     report = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "protocol": P, "args": vars(args),
               "machine": machine(), "loadavg_before": loadavg_before,
               "loadavg_after": [round(x, 2) for x in os.getloadavg()],
               "summary": summary, "ratios": ratios(summary), "runs": runs}
-    save_report(stem, report, markdown(report))
+    save_report(stem, report, markdown(report) if args.protocol == "split-mnist" else markdown_pmnist(report))
     return 0
 
 

@@ -95,7 +95,8 @@ def _add_sweep(sub):
                        description="Run many experiments: key=a,b,c values are swept (cartesian product); "
                                    "complete runs of the current code and data are skipped on a re-run. Sweep keys: "
                                    "executor=local|ray|submitit workers=N name=NAME sweep=FILE "
-                                   "reuse=same|any ray.num_cpus=1 ray.num_gpus=0 submitit.*. See docs/sweeps.md.")
+                                   "reuse=same|any seed_parallel=true|false ray.num_cpus=1 ray.num_gpus=0.25 "
+                                   "submitit.*. See docs/sweeps.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
                    help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/digits workers=2")
     p.set_defaults(func=cmd_sweep)

@@ -72,6 +72,11 @@ CORE: dict[str, dict[str, HP]] = {
         "momentum": HP(0.0, "SGD momentum", low=0, high=0.999),
         "weight_decay": HP(0.0, "L2 weight decay", low=0),
         "reset_optimizer": HP(True, "a fresh optimizer (and its state) at every experience"),
+        "amp": HP("off", "mixed precision of the training loss: off, bf16 (CPU or GPU) or fp16 (GPU, with a gradient "
+                         "scaler); evaluation stays in float32", choices=("off", "bf16", "fp16")),
+        "compile": HP("off", "torch.compile the model's forward passes (training and evaluation of the trained "
+                             "model) in this mode; the first steps pay the compilation",
+                      choices=("off", "default", "reduce-overhead", "max-autotune")),
         # learning-rate schedule (clbench/schedules.py); only the keys of the chosen schedule stay in the config
         "schedule": HP("constant", "lr schedule within each experience: constant, step (x gamma at milestones), "
                                    "cosine (re-warmed per experience), infinite (Singh et al. 2025)",
@@ -92,6 +97,10 @@ CORE: dict[str, dict[str, HP]] = {
     },
     "eval": {
         "batch_size": HP(1000, "evaluation minibatch size", low=1),
+        "schedule": HP("full", "entries of R scored after each experience: full (every task every time) or "
+                               "seen_next (the tasks learned so far and the next one, every task before training and "
+                               "after the last experience: about half the evaluations on long streams; docs/speed.md "
+                               "says which metric reads more)", choices=("full", "seen_next")),
         "every_samples": HP(0, "anytime evaluation every N stream samples (i-Blurry's EVAL_PERIOD; 0: off)", low=0),
         "every_steps": HP(0, "anytime evaluation every N training steps instead (0: off)", low=0),
         "anytime_accuracy": HP("exposed", "anytime accuracy: exposed (i-Blurry: pooled over the test samples of the "

@@ -17,6 +17,7 @@ import os
 import random
 import resource
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class Run:
     loggers: list[Logger] = field(default_factory=list)
     reference: Optional[dict] = None   # joint-training reference (eval.reference) for intransigence
     provenance: Optional[dict] = None  # code and data identity (clbench/provenance.py)
+    seed_group: Optional[int] = None   # seeds trained with this one as one model (clbench/seed_parallel.py)
 
 
 def prepare(cfg: dict) -> Run:
@@ -154,10 +156,11 @@ def prepare(cfg: dict) -> Run:
     h = config_hash(cfg)
     stream = build_stream(cfg, device)
     strategy = build_strategy(cfg, stream, device)
-    bs = int(cfg["eval"]["batch_size"])
-    evaluator = Evaluator(stream, batch_size=bs) if cfg["eval"]["test"] else None
-    val_evaluator = Evaluator(stream, batch_size=bs, split="val") if stream.val_tasks else None
+    bs, schedule = int(cfg["eval"]["batch_size"]), cfg["eval"]["schedule"]
+    evaluator = Evaluator(stream, batch_size=bs, schedule=schedule) if cfg["eval"]["test"] else None
+    val_evaluator = Evaluator(stream, batch_size=bs, split="val", schedule=schedule) if stream.val_tasks else None
     anytime_config(cfg)  # eval.every_samples / every_steps / anytime_accuracy
+    check_precision(cfg, device, strategy)
     if (cfg["eval"]["every_steps"] or cfg["eval"]["every_samples"]) and not strategy.step_events:
         raise bad_value("eval.every_steps", f"strategy '{cfg['strategy']['name']}' trains in an "
                           f"opaque loop with no per-step events; use eval.every_steps=0 and eval.every_samples=0")
@@ -167,13 +170,28 @@ def prepare(cfg: dict) -> Run:
                evaluator=evaluator, val_evaluator=val_evaluator, reference=reference)
 
 
+def check_precision(cfg: dict, device: torch.device, strategy: Strategy) -> None:
+    """perf: train.amp / train.compile act in the base Strategy's step; refuse what they cannot do."""
+    tr = cfg["train"]
+    if tr.get("amp") == "fp16" and device.type != "cuda":
+        raise bad_value("train.amp", f"fp16 needs a CUDA device (this run is on {device}); bf16 runs on CPU too")
+    for key, off in (("amp", "off"), ("compile", "off")):
+        if tr.get(key, off) != off and not strategy.step_events:
+            raise bad_value(f"train.{key}", f"strategy '{cfg['strategy']['name']}' trains in its own loop, which "
+                                            f"train.{key} does not reach; use train.{key}={off}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 class _Signals:
-    """SIGTERM/SIGINT set a flag that the loop checks between steps; a second SIGINT stops at once."""
+    """SIGTERM/SIGINT set a flag that the loop checks between steps; a second SIGINT stops at once.
+
+    Only the main thread receives signals: a run in another thread (a seed of a seed-parallel group) is listed
+    in `in_threads` by thread id, and the code holding the main thread sets its flag (clbench/seed_parallel.py)."""
+    in_threads: dict = {}
 
     def __init__(self):
         self.signum: Optional[int] = None
@@ -183,6 +201,8 @@ class _Signals:
         if hasattr(signal, "SIGTERM") and _in_main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
                 self.previous[s] = signal.signal(s, self._handle)
+        else:
+            _Signals.in_threads[threading.get_ident()] = self
         return self
 
     def _handle(self, signum, frame):
@@ -193,10 +213,10 @@ class _Signals:
     def __exit__(self, *exc):
         for s, h in self.previous.items():
             signal.signal(s, h)
+        _Signals.in_threads.pop(threading.get_ident(), None)
 
 
 def _in_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -248,12 +268,12 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
         if checkpoint is not None:
             _save_checkpoint(run, checkpoint, P, anytime, wall_s=time.perf_counter() - t_start)
 
-    def evaluate_all(row_index: int) -> EvalRow:
-        row = run.evaluator.evaluate(strategy) if run.evaluator is not None else None
-        vrow = run.val_evaluator.evaluate(strategy) if run.val_evaluator is not None else None
+    def evaluate_all(row_index: int) -> EvalRow:   # the entries eval.schedule scores in this row
+        row = run.evaluator.evaluate(strategy, row=row_index) if run.evaluator is not None else None
+        vrow = run.val_evaluator.evaluate(strategy, row=row_index) if run.val_evaluator is not None else None
         if row_index >= 0:
             for name, model in strategy.extra_models().items():
-                P.extra_rows.setdefault(name, []).append(main_eval.evaluate(strategy, model=model).acc)
+                P.extra_rows.setdefault(name, []).append(main_eval.evaluate(strategy, model=model, row=row_index).acc)
         return row, vrow
 
     with _Signals() as sig:
@@ -389,7 +409,8 @@ def _result(run: Run, P: _Progress, anytime, t_start: float) -> dict:
         "per_class_accuracy": [r["per_class"] for r in P.rows] if P.rows else None,
         "strategy_state": {**strategy.extra_state(),
                            **{f"callback:{type(cb).__name__}": cb.extra_state() for cb in strategy.callbacks}},
-        "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s, "segments": P.segments},
+        "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s, "segments": P.segments,
+                   **({"seed_group": run.seed_group} if run.seed_group else {})},   # times of the whole group
         "memory": memory,
         "env": environment(run.device),
         "provenance": run.provenance,
@@ -448,16 +469,17 @@ def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
 
 
 def run(cfg_or_overrides=None, loggers: Optional[list[Logger]] = None, overwrite: bool = False,
-        console: bool = True) -> tuple[dict, Path]:
+        console: bool = True, prepared: Optional[Run] = None, on_ready=None) -> tuple[dict, Path]:
     """Run one experiment end to end. Returns (result, run folder).
 
     `cfg_or_overrides`: a resolved config dict, or a list of `key=value` overrides. Re-running the same
     command resumes an unfinished run (unless `resume=false`); a repeated finished run gets a fresh folder
-    (`<run_id>_r2`), unless `overwrite` (sweeps decide themselves what is complete).
+    (`<run_id>_r2`), unless `overwrite` (sweeps decide themselves what is complete). `prepared`: the Run
+    `prepare(cfg)` built already; `on_ready(run)` is called just before training (seed-parallel groups).
     """
     cfg = cfg_or_overrides if isinstance(cfg_or_overrides, dict) else compose(cfg_or_overrides or [])
     check_out_dir(cfg["out"])  # [issue 13: a bad out= fails before anything is built or written]
-    r = prepare(cfg)
+    r = prepared or prepare(cfg)
     rd = RunDir(cfg["out"], r.run_id, overwrite=overwrite, resume=bool(cfg["resume"]))
     r.run_id = rd.run_id
     r.loggers = list(loggers) if loggers is not None else []
@@ -469,6 +491,8 @@ def run(cfg_or_overrides=None, loggers: Optional[list[Logger]] = None, overwrite
     checkpoint = rd.checkpoint if cfg["checkpoint"]["enabled"] else None
     failed, interrupted = True, False
     try:
+        if on_ready is not None:
+            on_ready(r)
         result = execute(r, rd.work, checkpoint)
         for lg in r.loggers:
             lg.finish(r, result)

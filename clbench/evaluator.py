@@ -4,11 +4,19 @@ Evaluation is batched under torch.inference_mode on the test tensors in place. T
 to the strategy only when the scenario makes it visible at test time (task-IL); in class- and
 domain-IL the strategy never sees it. From the same logits the evaluator also records the task-IL
 accuracy (logits masked to the task's classes) and per-class accuracy.
+
+Schedule (`eval.schedule`): `full` (the default) scores every task in every row; `seen_next` scores, after
+experience i, only the tasks learned by then and the next one (L[j] <= i + 1: what forward transfer reads),
+and every task before training and after the last experience: T(T+5)/2 - 1 task evaluations instead of
+T(T+1) over a stream of T tasks. The entries it skips are None in R. Every metric reads only scored entries,
+except the two max-based forgettings, whose max over earlier rows then covers the scored rows only
+(clbench/metrics.py; docs/speed.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -18,10 +26,13 @@ from clbench.strategy import Strategy
 from clbench.stream import Stream
 
 
+SCHEDULES = ("seen_next", "full")
+
+
 @dataclass
 class EvalRow:
-    acc: list[float]                   # one accuracy per evaluation task (the row of R)
-    acc_task_masked: list[float]       # same, with logits masked to each task's classes (task-IL accuracy)
+    acc: list[Optional[float]]         # one accuracy per evaluation task (the row of R; None: not scored)
+    acc_task_masked: list[Optional[float]]   # same, logits masked to each task's classes (task-IL accuracy)
     per_class: dict[int, float] = field(default_factory=dict)
     n: list[int] = field(default_factory=list)   # test samples per evaluation task
 
@@ -31,7 +42,10 @@ class Evaluator:
     data by `eval.validation`). The strategy never receives the evaluator or its data: it is handed test inputs
     one minibatch at a time through `predict`, and the labels stay here."""
 
-    def __init__(self, stream: Stream, batch_size: int = 1000, split: str = "test"):
+    def __init__(self, stream: Stream, batch_size: int = 1000, split: str = "test", schedule: str = "full"):
+        if schedule not in SCHEDULES:
+            raise bad_value("eval.schedule", f"{schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+        self.schedule = schedule
         self.stream = stream
         self.tasks = stream.eval_tasks if split == "test" else stream.val_tasks
         if not self.tasks:
@@ -45,10 +59,20 @@ class Evaluator:
         for t in self.tasks:
             self.masks[t.task_id, t.classes] = True
 
+    def scored(self, row: Optional[int]) -> list[bool]:
+        """Which tasks row `row` of R scores under the schedule (row -1: before training; None: every task)."""
+        if self.schedule == "full" or row is None:
+            return [True] * len(self.tasks)
+        learned = self.stream.learned_rows()
+        return [M.scored_entry(row, j, learned, len(self.stream)) for j in range(len(self.tasks))]
+
     @torch.inference_mode()
-    def evaluate(self, strategy: Strategy, model: Optional[torch.nn.Module] = None) -> EvalRow:
-        """One row of R: accuracy on every task, with the strategy's own prediction rule, or with `model`
+    def evaluate(self, strategy: Strategy, model: Optional[torch.nn.Module] = None,
+                 row: Optional[int] = None) -> EvalRow:
+        """Row `row` of R (-1: before training; None: every task, e.g. an anytime point): accuracy on each task
+        the schedule scores (None for the others), with the strategy's own prediction rule, or with `model`
         (one of the strategy's `extra_models()`) through `strategy.predict_with`."""
+        scored = self.scored(row)
         nets = [strategy.model, model if model is not None else strategy.eval_model()]
         modes = [(m, m.training) for n in nets for m in n.modules()]   # restored exactly (frozen BN stays frozen)
         for n in nets:
@@ -57,7 +81,10 @@ class Evaluator:
             accs, masked_accs, sizes = [], [], []
             correct_c = torch.zeros(self.n_classes)
             total_c = torch.zeros(self.n_classes)
-            for task in self.tasks:
+            for task, wanted in zip(self.tasks, scored):
+                if not wanted:
+                    accs.append(None), masked_accs.append(None), sizes.append(len(task.test))
+                    continue
                 visible = task.task_id if self.setting == "task-il" else None
                 mask = self.masks[task.task_id].to(strategy.device)
                 n = correct = correct_masked = 0

@@ -43,6 +43,7 @@ class Task:
     run_id: str
     cfg: dict            # the resolved run config (composed by the sweep)
     label: str = ""
+    members: Optional[list["Task"]] = None   # perf: the seeds of a seed-parallel group (clbench/seed_parallel.py)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Outcome:
     path: Optional[str] = None       # the published run folder (on the machine that ran it)
     result: Optional[dict] = None    # the result itself, from executors that may run elsewhere
     worker: Optional[str] = None     # host:pid and torch threads, for the manifest
+    members: Optional[list["Outcome"]] = None   # perf: one per seed of a seed-parallel group
     signum: Optional[int] = None     # the signal that interrupted the run
 
 
@@ -64,6 +66,8 @@ def execute_task(task: Task, return_result: bool = False) -> Outcome:
     import socket
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.perf_counter()
+    if task.members:     # perf: a seed-parallel group
+        return _execute_group(task, worker, return_result)
     try:
         from clbench.engine import run  # imported once per worker; the first run's time includes it
         result, path = run(task.cfg, overwrite=True, console=False)
@@ -79,6 +83,36 @@ def execute_task(task: Task, return_result: bool = False) -> Outcome:
         return Outcome(task.run_id, "failed", time.perf_counter() - t0,
                        error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
                        traceback=traceback.format_exc(), worker=worker)
+
+
+def _execute_group(task: Task, worker: str, return_result: bool) -> Outcome:
+    """perf: the seeds of a group as one model; one Outcome per seed in `members` (seconds: the group's, split)."""
+    t0 = time.perf_counter()
+    try:
+        from clbench.seed_parallel import run_seeds
+        outs = run_seeds([m.cfg for m in task.members])
+    except RunInterrupted as e:      # SIGTERM/SIGINT: every seed kept its checkpoint; as for one run, not a failure
+        seconds = time.perf_counter() - t0
+        return Outcome(task.run_id, "interrupted", seconds, error=str(e), worker=worker, signum=e.signum,
+                       members=[Outcome(m.run_id, "interrupted", seconds / len(task.members), error=str(e),
+                                        worker=worker, signum=e.signum) for m in task.members])
+    except Exception as e:
+        outs = [{"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}
+                for _ in task.members]
+    seconds = (time.perf_counter() - t0) / len(task.members)
+    members = []
+    for m, o in zip(task.members, outs):
+        if "error" in o:
+            members.append(Outcome(m.run_id, "failed", seconds, error=o["error"], traceback=o["traceback"],
+                                   worker=worker))
+        elif o["result"]["run_id"] != m.run_id:
+            members.append(Outcome(m.run_id, "failed", seconds, worker=worker,
+                                   error=f"run id mismatch: planned {m.run_id}, engine wrote {o['result']['run_id']}"))
+        else:
+            members.append(Outcome(m.run_id, "done", seconds, path=str(o["path"]), worker=worker,
+                                   result=o["result"] if return_result else None))
+    status = "done" if all(o.status == "done" for o in members) else "failed"
+    return Outcome(task.run_id, status, time.perf_counter() - t0, worker=worker, members=members)
 
 
 # ----- pool workers die with the sweep -------------------------------------------------------------------

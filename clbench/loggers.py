@@ -209,10 +209,11 @@ class WandbLogger(Logger):
     def log_row(self, run, row_index: int, row) -> None:
         seen = acc_seen(row.acc, run.stream.learned_rows(), row_index)
         data = {"experience": row_index + 1}
-        data.update({f"eval/acc_task{j}": a for j, a in enumerate(row.acc)})
+        data.update({f"eval/acc_task{j}": a for j, a in enumerate(row.acc) if a is not None})  # None: not scored
         if seen is not None:
             data["eval/acc_seen"] = seen
-        data["eval/acc_all"] = sum(row.acc) / len(row.acc)
+        if None not in row.acc:
+            data["eval/acc_all"] = sum(row.acc) / len(row.acc)
         self._safely("log", lambda: self.run.log(data))
 
     def log_anytime(self, run, point: dict) -> None:
@@ -243,7 +244,8 @@ class WandbLogger(Logger):
             wide = wandb.Table(columns=["after"] + [f"task{j}" for j in range(n)],
                                data=[[name, *row] for name, row in rows])
             long = wandb.Table(columns=["after_experience", "task", "accuracy"],
-                               data=[[i - 1, j, a] for i, (_, row) in enumerate(rows) for j, a in enumerate(row)])
+                               data=[[i - 1, j, a] for i, (_, row) in enumerate(rows) for j, a in enumerate(row)
+                                     if a is not None])
             self.run.log({"accuracy_matrix": wide, "accuracy_matrix_long": long})
             from clbench.plots import heatmap_figure
             fig = heatmap_figure(result)

@@ -6,25 +6,42 @@ counts as "just learned" (L[j] = j for ordinary streams, where experience j intr
 power-law rehearsal streams it is the experience that introduced task j, see docs/metrics.md).
 `f` is the final row. "Earlier tasks" are those with L[j] < f.
 
+Unscored entries. Under the evaluation schedule `eval.schedule=seen_next` (clbench/evaluator.py) row i scores
+only the tasks learned by then and the next one (L[j] <= i + 1); the initial row and the final row are whole.
+The entries it leaves out are None (JSON null; NaN once in an array). No metric here reads one, except as part
+of a maximum over earlier rows (`forgetting`, `forgetting_max_incl_last`), which is then taken over the scored
+rows; an unscored entry anywhere else is refused (`scored_entry`).
+
 Every function returns a float, or None when undefined (e.g. BWT with a single task). Direction:
 (+) higher is better, (-) lower is better. The conventions differ across the literature; each name here
 says which one it follows (docs/metrics.md has the full table and sources).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 
 def _prep(R, learned_at=None):
-    R = np.asarray(R, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)    # None (an unscored entry) becomes NaN
     if R.ndim != 2 or R.shape[0] == 0 or R.shape[1] == 0:
         raise ValueError(f"accuracy matrix must be a non-empty 2-D array, got shape {R.shape}")
     L = np.arange(R.shape[1]) if learned_at is None else np.asarray(learned_at, dtype=int)
     if L.shape != (R.shape[1],) or (L < 0).any() or (L >= R.shape[0]).any():
         raise ValueError(f"learned_at must give a row in 0..{R.shape[0] - 1} for each of the {R.shape[1]} tasks")
+    for i, j in zip(*np.nonzero(np.isnan(R))):
+        if scored_entry(int(i), int(j), L, R.shape[0]):
+            raise ValueError(f"accuracy matrix entry R[{i}][{j}] is missing, but every schedule scores it (the "
+                             f"tasks learned by row {i}, the next one, and the whole final row)")
     return R, L, R.shape[0] - 1
+
+
+def scored_entry(i: int, j: int, learned_at, n_rows: int) -> bool:
+    """Whether row i scores task j under every evaluation schedule: the tasks learned by then and the next one
+    (L[j] <= i + 1), and every task in the final row. Row -1 (before training) is always whole."""
+    return i < 0 or i == n_rows - 1 or int(learned_at[j]) <= i + 1
 
 
 def _mean(values) -> Optional[float]:
@@ -56,9 +73,9 @@ def bwt(R, learned_at=None) -> Optional[float]:
 def forgetting(R, learned_at=None) -> Optional[float]:
     """(-) Average forgetting, max-based (Chaudhry et al. 2018, RWalk; as in A-GEM's compute_fgt):
     mean over earlier tasks of max_{k<f} R[k][j] - R[f][j]. Can be negative if accuracy ends above its
-    earlier maximum."""
+    earlier maximum. The max is over the scored rows (under eval.schedule=seen_next: from row L[j]-1 on)."""
     R, L, f = _prep(R, learned_at)
-    return _mean(R[:f, j].max() - R[f, j] for j in range(R.shape[1]) if L[j] < f)
+    return _mean(np.nanmax(R[:f, j]) - R[f, j] for j in range(R.shape[1]) if L[j] < f)
 
 
 def forgetting_first(R, learned_at=None) -> Optional[float]:
@@ -70,9 +87,10 @@ def forgetting_first(R, learned_at=None) -> Optional[float]:
 
 def forgetting_max_incl_last(R, learned_at=None) -> Optional[float]:
     """(-) Forgetting as Mammoth and AML compute it: max over all rows, the final one included, minus the
-    final value; never negative."""
+    final value; never negative. The max is over the scored rows (under eval.schedule=seen_next from row
+    L[j]-1 on, exactly the entries Mammoth's own evaluation scores: seen tasks, plus the next one)."""
     R, L, f = _prep(R, learned_at)
-    return _mean(R[:, j].max() - R[f, j] for j in range(R.shape[1]) if L[j] < f)
+    return _mean(np.nanmax(R[:, j]) - R[f, j] for j in range(R.shape[1]) if L[j] < f)
 
 
 def fwt(R, initial, learned_at=None) -> Optional[float]:
@@ -260,13 +278,16 @@ def mean_std(values) -> dict:
 
     `values` are numbers, or equally shaped arrays (e.g. one accuracy matrix per seed; mean and std are
     then arrays). Undefined values (None, NaN) are left out and `n` counts the rest. `std` is the sample
-    standard deviation (ddof = 1), None for a single value; `mean` is None when nothing is left.
+    standard deviation (ddof = 1), None for a single value; `mean` is None when nothing is left. In an
+    array, an entry that is None / NaN in every value (one eval.schedule=seen_next does not score) stays NaN.
     """
-    kept = [v for v in values if v is not None and not np.isnan(np.asarray(v, dtype=np.float64)).any()]
+    kept = [v for v in values if v is not None and not np.isnan(np.asarray(v, dtype=np.float64)).all()]
     if not kept:
         return {"mean": None, "std": None, "n": 0}
     a = np.asarray(kept, dtype=np.float64)
-    mean, std = a.mean(0), (a.std(0, ddof=1) if len(kept) > 1 else None)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN entries: NaN, as documented
+        mean, std = np.nanmean(a, 0), (np.nanstd(a, 0, ddof=1) if len(kept) > 1 else None)
     if a.ndim == 1:
         mean, std = float(mean), (None if std is None else float(std))
     return {"mean": mean, "std": std, "n": len(kept)}

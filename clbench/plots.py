@@ -72,6 +72,8 @@ def heatmap_figure(results, label: str | None = None):
     im = ax.imshow(mean, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
+            if np.isnan(mean[i, j]):          # not scored (eval.schedule=seen_next): left blank
+                continue
             txt = f"{mean[i, j]:.0f}" if std is None else f"{mean[i, j]:.0f}\n±{std[i, j]:.0f}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=8 if std is None else 7,
                     color="white" if mean[i, j] < 60 else "black")

@@ -244,6 +244,25 @@ def _shape_problems(r: dict) -> list[str]:
     return out
 
 
+def unscored_problems(r: dict, schedule) -> list[str]:
+    """Null entries of R and its sibling matrices that are not allowed: any under eval.schedule=full, and
+    under seen_next one in a row that every schedule scores (clbench.metrics.scored_entry)."""
+    from clbench.metrics import scored_entry
+    matrices = [(k, r[k]) for k in ("accuracy_matrix", "task_masked_accuracy_matrix", "validation_accuracy_matrix")
+                if k in r]
+    matrices += [(f"extra_models.{n}.accuracy_matrix", m["accuracy_matrix"])
+                 for n, m in (r.get("extra_models") or {}).items()]
+    L = r["stream"]["learned_at"] if "stream" in r else r["learned_at"]
+    for key, m in matrices:
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                if v is None and (schedule != "seen_next" or scored_entry(i, j, L, len(m))):
+                    why = ("eval.schedule=seen_next scores it (a task learned by the next experience, or the final "
+                           "row)" if schedule == "seen_next" else f"eval.schedule={schedule} scores every entry")
+                    return [f"{key}[{i}][{j}] is null (unscored) but {why}"]
+    return []
+
+
 def result_problems(r) -> list[str]:
     """Everything wrong with a result.json (already migrated): schema, then shapes, seeds, config hash and
     metrics recomputed from R. [] means it is sound."""
@@ -262,6 +281,7 @@ def result_problems(r) -> list[str]:
         out.append("seed / stream_seed disagree with the config's")
     if config_hash(r["config"]) != r["config_hash"]:
         out.append("config_hash does not match the config (the file was edited after the run)")
+    out += unscored_problems(r, r["config"]["eval"].get("schedule", "full"))
     if not out:
         out += metrics_disagree(r["metrics"], summarize(**metric_inputs(r)))
     return out

@@ -25,6 +25,7 @@ The full guide, with a worked example: docs/plugins.md.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import re
@@ -59,6 +60,8 @@ class StreamInfo:
 
 
 LOG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,99}")   # the result schema's metric_name (schemas/defs.json)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}   # train.amp
+
 
 def make_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
     name, lr = train_cfg.get("optimizer", "sgd"), float(train_cfg["lr"])
@@ -146,6 +149,10 @@ class Strategy:
     # False when the training loop is opaque (the Avalanche bridge): no per-step events, resume per run only.
     step_events: bool = True
     resumable: bool = True
+    # True (in the class's own body, not inherited): the default loss over loss_batch(), the base forward and
+    # step, and nothing per step that reads the model -- several seeds can then train as one vectorised model
+    # with each seed's result unchanged (clbench/seed_parallel.py checks the rest)
+    seed_parallel: bool = False
 
     def __init__(self, model: nn.Module, params: dict, train_cfg: dict, info: StreamInfo,
                  device: torch.device, seed: int = 0):
@@ -167,6 +174,14 @@ class Strategy:
         self.loop: Optional[dict] = None     # position inside the current experience (for resuming)
         self._logs: list[tuple[str, float]] = []
         self._class_mask: Optional[Tensor] = None
+        # ----- perf: train.amp and train.compile (both off by default: nothing below changes a result then)
+        amp = train_cfg.get("amp", "off")
+        self._autocast = (None if amp == "off" else
+                          functools.partial(torch.autocast, device.type, dtype=AMP_DTYPES[amp]))
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None   # fp16 needs loss scaling
+        mode = train_cfg.get("compile", "off")
+        # a compiled view of the model sharing its parameters: state_dict keys and copies stay plain modules
+        self._compiled = None if mode == "off" else torch.compile(self.model, mode=mode)
         # train.schedule (clbench/schedules.py): the lr follows the position in the experience (self.loop);
         # the infinite schedule keeps the weights before annealing for the next experience
         self.schedule = schedules.Schedule(train_cfg)
@@ -291,7 +306,7 @@ class Strategy:
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduled_lr()
-        loss = self._checked_loss(self.loss(batch))
+        loss = self.loss_and_gradients(batch)
         if self.loop is not None:
             self.loop["step"] += 1
         self.global_step += 1
@@ -301,17 +316,32 @@ class Strategy:
             raise TrainingDiverged(
                 f"strategy {type(self).__name__} produced a non-finite training loss ({float(loss.detach())}) in "
                 f"{where}; the run is stopped (lower train.lr or check the strategy's hyper-parameters)")
-        loss.backward()
         self.after_backward(batch)
         for cb in self.callbacks:
             cb.after_backward(self, batch)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:                        # skips the step when a gradient overflowed, and adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.keep_schedule_snapshot()
         self.after_step(batch)
         for cb in self.callbacks:
             cb.after_step(self, batch)
         self.last_loss = loss.detach()
         return self.last_loss
+
+    def loss_and_gradients(self, batch: Batch) -> Tensor:
+        """The loss of one minibatch, with its gradients in the parameters' .grad (a seed-parallel run,
+        clbench/seed_parallel.py, computes this for all its seeds at once)."""
+        with self._autocast() if self._autocast is not None else contextlib.nullcontext():   # train.amp
+            loss = self._checked_loss(self.loss(batch))
+        if self.scaler is None:
+            loss.backward()
+        else:                        # fp16: scaled backward, then true gradients for the hooks
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        return loss
 
     def scheduled_lr(self) -> None:
         """Set the lr of `train.schedule` for the coming step, before loss() (HNET's look-ahead reads it)."""
@@ -346,8 +376,13 @@ class Strategy:
         return exp.train
 
     def loss(self, batch: Batch) -> Tensor:
-        """The loss of one minibatch (cross-entropy by default)."""
-        return F.cross_entropy(self.forward(batch.x, batch.t), batch.y)
+        """The loss of one minibatch: cross-entropy over `loss_batch(batch)` by default."""
+        b = self.loss_batch(batch)
+        return F.cross_entropy(self.forward(b.x, b.t), b.y)
+
+    def loss_batch(self, batch: Batch) -> Batch:
+        """The samples the default loss is taken on: the minibatch itself (ER joins a memory sample to it)."""
+        return batch
 
     def after_backward(self, batch: Batch) -> None:
         """Gradients are in .grad; change them here (projection, clipping)."""
@@ -371,7 +406,7 @@ class Strategy:
 
     def forward(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
         """Training forward pass: logits, masked to the task's head when the setting is task-IL."""
-        logits = self.model(x)
+        logits = (self._compiled if self._compiled is not None else self.model)(x)
         return self.mask_logits(logits, t) if (self.task_aware and t is not None) else logits
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
@@ -379,7 +414,7 @@ class Strategy:
         return self.predict_with(self.eval_model(), x, task_id)
 
     def predict_with(self, model: nn.Module, x: Tensor, task_id: Optional[int] = None) -> Tensor:
-        logits = model(x)
+        logits = (self._compiled if model is self.model and self._compiled is not None else model)(x)
         if task_id is not None:
             t = torch.full((len(x),), int(task_id), dtype=torch.long, device=x.device)
             logits = self.mask_logits(logits, t)
@@ -466,6 +501,7 @@ class Strategy:
             "attrs": {name: S.pack(getattr(self, name)) for name in self.checkpoint_attrs},
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "schedule_snapshot": S.pack(self.schedule_snapshot),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -483,4 +519,6 @@ class Strategy:
             setattr(self, name, S.unpack(state["attrs"][name], getattr(self, name, None), self.model))
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(cb_state, self.model)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.schedule_snapshot = S.unpack(state.get("schedule_snapshot"))

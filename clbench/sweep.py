@@ -48,18 +48,21 @@ MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
 # Keys that configure the sweep itself; everything else is a run override (`threads` too: it is part of
 # every run's protocol, see clbench/reproducibility.py).
-SWEEP_KEYS = ("executor", "workers", "name", "sweep", "reuse")
+SWEEP_KEYS = ("executor", "workers", "name", "sweep", "reuse", "seed_parallel")
 NAME_MAX_CHARS = 100                 # the sweep name: a folder name and a W&B group
 SWEEP_FILE_MAX_BYTES = 1_000_000     # a sweep file is a few lines; bound what we parse
 SWEEP_FILE_MAX_NODES = 100_000       # after YAML aliases are expanded
 SWEEP_FILE_MAX_DEPTH = 20
 SWEEP_SECTIONS = ("ray", "submitit")
-SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "reuse", "ray", "submitit",
-                   "overrides", "grid")
+SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "reuse", "seed_parallel", "ray",
+                   "submitit", "overrides", "grid")
 # reuse=same: a complete run counts only if made by the current code on the current data;
 # reuse=any: every complete run counts (results from other code are kept, and reported apart).
 REUSE = ("same", "any")
 SUPERSEDED = "superseded"
+# seed_parallel=true: the seeds of one configuration train as one vectorised model where they can
+# (clbench/seed_parallel.py), each seed's result.json as its separate run's; false: every run separately.
+SEED_PARALLEL_DEFAULT = False      # on this 2-core CPU not a clear win over separate processes (docs/speed.md)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +282,7 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         description = str(data.get("description", "") or "")
         name = data.get("name") or Path(source).stem
         out = data.get("out")
-        for k in ("executor", "workers", "reuse"):
+        for k in ("executor", "workers", "reuse", "seed_parallel"):
             if k in data:
                 settings[k] = data[k]
         if "threads" in data:  # a run key (part of each run's config), kept at the top of sweep files
@@ -321,6 +324,8 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
                                 f"(use up to {NAME_MAX_CHARS} letters, digits, '_', '.', '+', '-')")
     if settings.get("reuse", "same") not in REUSE:
         raise bad_value("reuse", f"expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
+    if not isinstance(settings.get("seed_parallel", SEED_PARALLEL_DEFAULT), bool):
+        raise bad_value("seed_parallel", f"expected true or false (on/off), got {settings['seed_parallel']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)
     return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
                      source=source, description=description)
@@ -611,11 +616,13 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
     if todo:
         from tqdm import tqdm
         tasks = [Task(run_id=r.run_id, cfg=r.cfg, label=r.label or r.run_id) for r in todo]
-        bar = tqdm(total=len(tasks), desc=f"sweep {spec.name}", unit="run", file=log, dynamic_ncols=True,
+        if spec.settings.get("seed_parallel", SEED_PARALLEL_DEFAULT):
+            tasks = seed_groups(tasks, todo, int(spec.settings.get("workers") or 1), log)
+        bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="run", file=log, dynamic_ncols=True,
                    disable=None, mininterval=0.5)
         outcomes = executor.run(tasks)
         try:
-            for o in outcomes:
+            for o in (m for g in outcomes for m in member_outcomes(g, tasks)):
                 entry = status[o.run_id]
                 entry["seconds"] = round(o.seconds, 3)
                 if o.worker:
@@ -636,7 +643,7 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
                                   file=log)
                     if bar.disable:  # no terminal: one line per run instead of a bar
                         done = sum(1 for s in status.values() if s["status"] != "pending") - n_cached
-                        print(f"[{done}/{len(tasks)}] {entry['status']:<6s} {o.run_id} ({o.seconds:.1f}s)",
+                        print(f"[{done}/{len(todo)}] {entry['status']:<6s} {o.run_id} ({o.seconds:.1f}s)",
                               file=log, flush=True)
                     bar.update(1)
                     write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
@@ -665,6 +672,47 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
         stopped = stopped or e
     result.stopped = str(stopped) if stopped else None
     return result
+
+
+# ----- perf: seed-parallel groups (seed_parallel=on) ------------------------------------------------
+def seed_groups(tasks: list, planned: list[PlannedRun], workers: int, log) -> list:
+    """The seeds of each configuration that can train as one model, as group tasks (the rest unchanged).
+
+    A configuration's seeds are split into as many groups as leave no worker idle (workers // configs)."""
+    from clbench.executors import Task
+    from clbench.seed_parallel import why_not
+    by_config: dict[str, list[int]] = {}
+    for i, r in enumerate(planned):
+        by_config.setdefault(r.config_key, []).append(i)
+    out, notes = [], set()
+    chunks = max(1, workers // max(1, len(by_config)))
+    for idx in by_config.values():
+        reason = why_not([planned[i].cfg for i in idx])
+        if reason:
+            notes.add(reason)
+            out += [tasks[i] for i in idx]
+            continue
+        k = min(chunks, len(idx) // 2) or 1          # at least two seeds per group
+        for part in (idx[j::k] for j in range(k)):
+            members = [tasks[i] for i in part]
+            out.append(members[0] if len(members) == 1 else
+                       Task(run_id="seeds:" + "+".join(m.run_id for m in members), cfg=members[0].cfg,
+                            label=" ".join(m.label for m in members), members=members))
+    for reason in sorted(notes):
+        print(f"clbench sweep: seed_parallel: some runs train separately ({reason})", file=log, flush=True)
+    return out
+
+
+def member_outcomes(outcome, tasks: list) -> list:
+    """The per-run outcomes of a task: a group's own, or (a group whose worker died) one failure per seed."""
+    if outcome.members is not None:
+        return outcome.members
+    task = next((t for t in tasks if t.run_id == outcome.run_id), None)
+    if task is not None and task.members:
+        from clbench.executors import Outcome
+        return [Outcome(m.run_id, outcome.status, outcome.seconds, error=outcome.error,
+                        traceback=outcome.traceback, worker=outcome.worker) for m in task.members]
+    return [outcome]
 
 
 def _try_write_manifest(spec, runs, status, t_start, argv) -> None:

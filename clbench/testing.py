@@ -16,6 +16,8 @@ setting it declares and checks the contract every built-in passes:
                   it (at an experience boundary and mid-experience) continues exactly as the original
     sealed        after training, nothing the strategy holds shares memory with evaluation data or with the
                   dataset beyond the experiences it was given
+    seed_parallel (a strategy that declares `seed_parallel = True`) two seeds trained as one vectorised model
+                  give each seed the accuracy matrix of its separate run (clbench/seed_parallel.py)
     settings      it runs in each setting it declares; the engine refuses the others with a clear error
 
 A failure raises `clbench.errors.PluginError` naming the plugin, the check and the contract. The pytest fixtures
@@ -171,7 +173,7 @@ def _check_setting(name: str, cls, setting: str, extra) -> list[Check]:
     except Exception as e:  # a plugin error of any kind: report it as the failing check
         return [Check("runs", setting, False, f"{type(e).__name__}: {e}")]
     out.append(Check("loss", setting, True))
-    values = [v for row in res1["accuracy_matrix"] for v in row]
+    values = [v for row in res1["accuracy_matrix"] for v in row if v is not None]   # None: not scored
     weights = _fingerprint(r1.strategy)
     finite = all(math.isfinite(v) for v in values) and all(bool(torch.isfinite(w).all()) for w in weights)
     logs = [v for c in (res1.get("logs") or {}).values() for v in c["value"]]
@@ -185,7 +187,29 @@ def _check_setting(name: str, cls, setting: str, extra) -> list[Check]:
                      "(or the seeded global RNGs), never from an unseeded source"))
     out.append(_resume(cfg, setting))
     out.append(_sealed(r1, setting))
+    if cls.__dict__.get("seed_parallel", False):
+        out.append(_seed_parallel(cfg, setting, res1["accuracy_matrix"]))
     return out
+
+
+def _seed_parallel(cfg: dict, setting: str, reference: list) -> Check:
+    """A strategy that declares seed_parallel gives each seed of a group its separate run's accuracy matrix."""
+    import tempfile
+
+    from clbench.engine import execute, prepare
+    from clbench.seed_parallel import run_seeds, why_not
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs = [{**cfg, "seed": int(cfg["seed"]) + k, "out": tmp} for k in (0, 1)]
+        reason = why_not(cfgs)
+        if reason:
+            return Check("seed_parallel", setting, False, f"declares seed_parallel = True but: {reason}")
+        refs = [reference, execute(prepare(cfgs[1]), None)["accuracy_matrix"]]
+        outs = run_seeds(cfgs, fallback=False)
+    bad = [o.get("error") or "its accuracy matrix differs from the separate run's"
+           for o, ref in zip(outs, refs) if "error" in o or o["result"]["accuracy_matrix"] != ref]
+    return Check("seed_parallel", setting, not bad, "; ".join(bad) + (
+        " (seed_parallel = True promises the default loss over loss_batch(), the base forward and step, and "
+        "nothing per step that reads the model)" if bad else ""))
 
 
 def _roundtrip(state: dict) -> dict:

@@ -19,6 +19,7 @@ class Cumulative(Strategy):
     hparams: dict = {}
     checkpoint_attrs = ("seen",)
     exemplar_attrs = ("seen",)       # the kept samples count as exemplars (memory accounting)
+    seed_parallel = True    # seeds can train as one vectorised model (clbench/seed_parallel.py)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

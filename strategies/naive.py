@@ -7,3 +7,4 @@ class Naive(Strategy):
 
     description = "fine-tuning on each experience in turn; nothing against forgetting (lower bound)"
     hparams: dict = {}
+    seed_parallel = True    # seeds can train as one vectorised model (clbench/seed_parallel.py)

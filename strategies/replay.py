@@ -9,7 +9,6 @@ cross-entropy, then offers the current batch to the reservoir.
 equal share; class-balanced reservoir sampling, Chrysakis & Moens, ICML 2020), everything else unchanged.
 """
 import torch
-import torch.nn.functional as F
 
 from clbench.buffer import make_buffer
 from clbench.hparams import HP
@@ -30,20 +29,21 @@ class Replay(Strategy):
         "mem_batch_size": HP(None, "memory samples per step (null: same as train.batch_size)", type=int, low=1),
     }
     checkpoint_attrs = ("buffer",)
+    seed_parallel = True    # seeds can train as one vectorised model (clbench/seed_parallel.py)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.buffer = make_buffer(self.hp.buffer, self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_batch(self, batch: Batch) -> Batch:
         # 1. joint batch: current samples + a uniform sample of the memory
-        x, y, t = batch.x, batch.y, batch.t
-        if len(self.buffer) > 0:
-            mem = self.buffer.sample(self.mem_batch)
-            x, y, t = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([t, mem["t"]])
-        # 2. one cross-entropy over the joint batch
-        return F.cross_entropy(self.forward(x, t), y)
+        # 2. (the inherited loss) one cross-entropy over the joint batch
+        if len(self.buffer) == 0:
+            return batch
+        mem = self.buffer.sample(self.mem_batch)
+        return Batch(x=torch.cat([batch.x, mem["x"]]), y=torch.cat([batch.y, mem["y"]]),
+                     t=torch.cat([batch.t, mem["t"]]), index=batch.index)
 
     def after_step(self, batch: Batch) -> None:
         # 3. buffer update (reservoir or class-balanced) with the stream samples only

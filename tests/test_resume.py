@@ -152,3 +152,31 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     runs = sorted(p.name for p in (folder / "wandb").glob("offline-run-*"))
     assert len(first) == 1 and len(runs) == 2
     assert {name.rsplit("-", 1)[1] for name in runs} == {first[0].rsplit("-", 1)[1]}
+
+
+@pytest.mark.parametrize("options", [
+    ["eval.schedule=seen_next", "eval.validation=0.25"],       # rows of R with unscored (null) entries
+    ["train.amp=bf16"],
+    ["train.compile=default"],                                 # dynamo with the eager backend (below)
+])
+def test_sigterm_then_rerun_with_the_speed_options(options, tmp_path, monkeypatch):
+    """eval.schedule, train.amp and train.compile keep resume exact: the checkpoint holds the partial R with its
+    null entries, and the compiled view of the model is rebuilt around the restored weights."""
+    if "train.compile=default" in options:
+        import torch
+        import torch._dynamo
+        real = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda model, mode=None: real(model, backend="eager"))
+        torch._dynamo.reset()
+    args = [*FAST, "strategy=replay", "callbacks=[preempt_test]", *options]
+    reference, _ = run([*args, f"out={tmp_path / 'ref'}"], console=False)
+    Preempt.at_step = 17
+    with pytest.raises(RunInterrupted):
+        run([*args, f"out={tmp_path / 'stopped'}"], console=False)
+    resumed, _ = run([*args, f"out={tmp_path / 'stopped'}"], console=False)
+    same_result(reference, resumed)
+    assert resumed["timing"]["segments"] == 2
+    for key in ("validation_accuracy_matrix", "validation_metrics"):
+        assert resumed.get(key) == reference.get(key), key
+    if "eval.schedule=seen_next" in options:
+        assert any(v is None for row in resumed["accuracy_matrix"] for v in row)

@@ -28,6 +28,15 @@ from clbench.data.checks import check_dataset, warn_short_classes
 from clbench.registry import DATASETS
 
 
+def to_device(t: Tensor, device) -> Tensor:
+    """The tensor on `device`, where it then stays for the whole run; from CPU to a GPU through pinned memory (a
+    direct DMA copy instead of a staged one)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)   # the caching host allocator keeps the source alive
+    return t.to(device)
+
+
 @dataclass
 class TensorDataset:
     name: str
@@ -48,7 +57,7 @@ class TensorDataset:
     def to(self, device) -> "TensorDataset":
         for name in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val"):
             if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name).to(device))
+                setattr(self, name, to_device(getattr(self, name), device))
         return self
 
     def describe(self) -> dict:

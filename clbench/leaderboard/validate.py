@@ -18,6 +18,8 @@ from the submitter's own description of the stream. Each problem is a `Validatio
     duplicate_seeds   the same seed twice
     missing_seed      a declared seed has no record (or a record's seed was not declared)
     shape             R, its stream or learned_at differ from the track's expected stream
+    range             a null (unscored) entry of R where the run's eval.schedule scores it (seen_next leaves
+                      only entries no metric reads unscored; full scores all)
     result_digest     R / initial row / learned_at changed after the run (digest mismatch)
     metric            a claimed per-seed metric is missing or differs from the one recomputed from R (tol 1e-9)
     summary           a claimed mean/std/n differs from the one recomputed over the seeds
@@ -37,7 +39,7 @@ from clbench.escape import one_line
 from clbench.hparams import check_section
 from clbench.leaderboard.submission import (MIN_SEEDS, load_submission, method_slug, result_digest, run_config,
                                             seed_metrics, sha256)
-from clbench.schema import METRIC_TOL, SUBMISSION_VERSION, metrics_disagree, schema_errors
+from clbench.schema import METRIC_TOL, SUBMISSION_VERSION, metrics_disagree, schema_errors, unscored_problems
 
 PROTOCOL_SECTIONS = ("dataset", "scenario")   # the stream; model/train differences are shown on the board
 STREAM_KEYS = ("setting", "n_experiences", "n_eval_tasks", "learned_at")
@@ -196,6 +198,8 @@ def validate_submission(sub) -> list[ValidationIssue]:
             issues.append(ValidationIssue("run_config_hash", f"{label}: run_config_hash does not match the config with "
                                                              f"seed={run['seed']}, stream_seed={run['stream_seed']}"))
         bad = _run_shape(run, expected, label)
+        bad += [ValidationIssue("range", f"{label}: {p}")
+                for p in unscored_problems(run, cfg["eval"].get("schedule", "full"))]
         if bad:
             issues += bad
             continue
