@@ -113,7 +113,7 @@ class HLOP(Strategy):
 
     description = "HLOP: Oja/anti-Hebbian lateral subspace neurons per layer; gradients from the residual input"
     # Sizes scaled from the official PMNIST run (800-800 SNN: [80,200,100] then +[70,70,70], -20 every 3 tasks)
-    # to an MLP with 100 hidden units (methods.md 2.2 (d)).
+    # to an MLP with 100 hidden units.
     paper = "Xiao et al. 2024, Hebbian Learning based Orthogonal Projection for Continual Learning, ICLR"
     code = "pkuxmq/HLOP-SNN"
     hparams = {
