@@ -51,6 +51,8 @@ CORE: dict[str, dict[str, HP]] = {
         "deterministic": HP(False, "torch.use_deterministic_algorithms + cuDNN flags (slower)"),
         "progress": HP(True, "progress bars on the console"),
         "resume": HP(True, "re-running the same command resumes an unfinished run; false starts it over"),
+        "first_experiences": HP(None, "train and evaluate on the first k experiences only (the first-k tuning "
+                                      "protocol of clbench tune); null: the whole stream", type=int, low=1),
     },
     "checkpoint": {
         "enabled": HP(True, "checkpoint the full run state after every experience (resume after a kill)"),
@@ -458,8 +460,29 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
     cfg = validate(cfg)
     if not cfg["callbacks"]:
         del cfg["callbacks"]     # keeps the hash of configs without callbacks unchanged
+    if cfg["first_experiences"] is None:
+        del cfg["first_experiences"]   # the same: configs on the whole stream keep their hash
+    source["chosen_by"] = chosen_by(source)
     cfg["config_source"] = source
     return cfg
+
+
+# Overrides that choose what to run and how, not a method's hyper-parameters (`chosen_by` ignores them);
+# strategy.*, callbacks.<name>.* and train.* overrides are hyper-parameters set by hand.
+PROTOCOL_OVERRIDES = ("benchmark", "strategy", "callbacks", "seed", "stream_seed", "out", "device", "progress",
+                      "resume", "deterministic", "checkpoint", "data", "wandb", "eval", "first_experiences",
+                      "dataset", "scenario", "model")
+
+
+def chosen_by(source: dict) -> str:
+    """How a config's hyper-parameters were chosen: "tuned" (a clbench tune record), "hand-set" (overrides of
+    strategy/train/model/... keys), "preset" (a shipped preset for this benchmark) or "default" (declared)."""
+    if source.get("tuning"):
+        return "tuned"
+    keys = [o.split("=", 1)[0].lstrip("+") for o in source.get("overrides", [])]
+    if any(k.split(".")[0] not in PROTOCOL_OVERRIDES or k.startswith("callbacks.") for k in keys):
+        return "hand-set"
+    return "preset" if source.get("presets") else "default"
 
 
 def validate(cfg: dict) -> dict:

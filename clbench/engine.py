@@ -91,17 +91,25 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     if ev["validation"] > 0:
         as_test = _with_test(dataset, dataset.x_val, dataset.y_val)
         vstream = scenario.build(as_test, seed)
-        if stream is None:
-            stream, vstream.eval_tasks = vstream, []
+        val_tasks = vstream.eval_tasks
+        if stream is None:   # no test tasks (eval.test=false): the validation tasks are R's columns
+            stream = vstream
+            stream.eval_tasks = []
         elif [e["classes"] for e in stream.describe()["experiences"]] != \
                 [e["classes"] for e in vstream.describe()["experiences"]]:
             raise PluginError(f"scenario '{sc['name']}' built different experiences for the same seed; its "
                               f"validation tasks cannot be aligned with its test tasks (is its build() seeded?)")
-        stream.val_tasks = vstream.eval_tasks
+        stream.val_tasks = val_tasks
         stream.description["validation"] = {"fraction": ev["validation"], "seed": "stream_seed",
                                             "stratified_by": "class", "n_val": int(len(dataset.y_val))}
     stream.name = sc["name"]
     stream.dataset = dataset
+    if cfg.get("first_experiences"):   # the first-k protocol (clbench tune): a prefix of the stream
+        k = int(cfg["first_experiences"])
+        if k > len(stream):
+            raise ConfigError(f"bad value for 'first_experiences': {k}, but scenario '{sc['name']}' has only "
+                              f"{len(stream)} experiences")
+        stream = stream.prefix(k)
     # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
     for key, value in (stream.description.get("train_requirements") or {}).items():
         if cfg["train"].get(key) != value:
