@@ -40,7 +40,7 @@ from clbench.results import RunDir, is_complete, load_result, make_run_id, write
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
 # Keys that configure the sweep itself; everything else is a run override.
-SWEEP_KEYS = ("executor", "workers", "threads", "name", "sweep")
+SWEEP_KEYS = ("executor", "workers", "threads", "name", "sweep", "tuned")
 SWEEP_SECTIONS = ("ray", "submitit")
 SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "ray", "submitit",
                    "overrides", "grid")
@@ -161,6 +161,7 @@ class SweepSpec:
     settings: dict = field(default_factory=dict)   # executor, workers, threads, ray: {...}, submitit: {...}
     source: Optional[str] = None           # the sweep file, if any
     description: str = ""
+    tuning: Optional[dict] = None          # `tuned=best.yaml`: the clbench tune record, kept in config_source
 
     @property
     def axes(self) -> dict[str, list[str]]:
@@ -244,8 +245,14 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
                 raise ConfigError(f"grid key '{k}' in sweep file {source} has no values")
             params[str(k)] = [format_value(v, k) for v in vs]
 
+    tuning = None
+    for key, text in cli:      # tuned=best.yaml (clbench tune): its overrides, then the command line's
+        if key == "tuned":
+            from clbench.tune import load_tuned
+            tuned_overrides, tuning = load_tuned(text)
+            params.update({k: [v] for k, v in (o.split("=", 1) for o in tuned_overrides)})
     for key, text in cli:
-        if key == "sweep":
+        if key in ("sweep", "tuned"):
             continue
         values = split_values(text, key)
         if _is_sweep_key(key) or key == "out":
@@ -269,7 +276,7 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         raise ConfigError(f"bad value for 'name': {name!r} (use letters, digits, '_', '.', '+', '-')")
     out_path = Path(out) if out else Path("sweeps") / str(name)
     return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
-                     source=source, description=description)
+                     source=source, description=description, tuning=tuning)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,7 +307,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     for cell in spec.cells():
         overrides = [*cell, f"out={spec.out}"]
         try:
-            cfg = compose(overrides)
+            cfg = compose(overrides, tuning=spec.tuning)
         except (ConfigError, UnknownNameError) as e:
             raise type(e)(f"{e} (in sweep cell: {' '.join(cell)})") from None
         # Relative paths would resolve against each worker's folder (Ray workers run elsewhere).

@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     d = lsub.add_parser("render", help=f"write {DEFAULT_DIR}/LEADERBOARD.md, index.html and heatmaps")
     d.add_argument("--submissions", default=f"{DEFAULT_DIR}/submissions")
     d.add_argument("--out", default=DEFAULT_DIR)
+    d.add_argument("--tuned-only", action="store_true",
+                   help="only entries whose config was tuned on validation (clbench tune; docs/tuning.md)")
 
 
 def run(args) -> int:
@@ -114,7 +116,7 @@ def _verify(args) -> int:
 
 def _render(args) -> int:
     from clbench.leaderboard.render import render
-    out = render(args.submissions, args.out)
+    out = render(args.submissions, args.out, tuned_only=args.tuned_only)
     print(f"{len(out['entries'])} entries -> {out['markdown']}, {out['html']}, {len(out['heatmaps'])} heatmaps")
     for path, issues in out["rejected"].items():
         print(f"rejected {path}:", file=sys.stderr)

@@ -21,6 +21,7 @@ import numpy as np
 
 from clbench import metrics as M
 from clbench.config import benchmark_names, load_benchmark
+from clbench.leaderboard import selection
 from clbench.leaderboard.validate import ValidationIssue, validate_file
 from clbench.leaderboard.verify import verification_status
 from clbench.results import write_text_atomic
@@ -137,7 +138,23 @@ def tracks(entries: list[Entry]) -> list[tuple[dict, list[Entry]]]:
 
 def _columns(rows: list[Entry]) -> list[tuple[str, str]]:
     return [(k, h) for k, h in METRIC_COLUMNS
-            if k != "acc_task_masked" or any(e.metric(k)["mean"] is not None for e in rows)]
+            if (k != "acc_task_masked" or any(e.metric(k)["mean"] is not None for e in rows))
+            and not M.uninformative(k, _setting(rows))]
+
+
+# ----- how each entry's config was chosen, and metrics a track's setting makes uninformative (clbench tune) -----
+def _setting(rows: list[Entry]):
+    return ((rows[0].sub["runs"][0].get("stream") or {}).get("setting")) if rows else None
+
+
+def _left_out(rows: list[Entry]) -> list[str]:
+    """'FWT is not shown: <why>' for each metric the track's setting makes uninformative (metrics.UNINFORMATIVE)."""
+    return [f"{h} is not shown: {M.uninformative(k, _setting(rows))}." for k, h in METRIC_COLUMNS
+            if M.uninformative(k, _setting(rows))]
+
+
+def _chosen(e: Entry) -> str:
+    return selection.describe(e.sub.get("selection"))
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -157,18 +174,18 @@ def render_markdown(track_rows, out_dir: Path, rejected) -> str:
         lines += [f"## {track['name']} v{track['version']}", "", track["description"], ""]
         cols = _columns(rows)
         head = ["#", "Method"] + [f"{h} ({M.direction(k)})" for k, h in cols] + \
-               ["n", "Verified", "Config", "Time/seed (s)", "Heatmap", "Submission"]
+               ["n", "Verified", "Config", "Chosen by", "Time/seed (s)", "Heatmap", "Submission"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for rank, e in enumerate(rows, 1):
             name, strat = _method_text(e)
             cells = [str(rank), name + (f" (`{strat}`)" if strat else "")]
             cells += [_pct(e.metric(k)) for k, _ in cols]
             cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], _config_text(e).replace("|", "\\|"),
-                      f"{e.sub['timing']['mean_per_seed_s']:.1f}",
+                      _chosen(e).replace("|", "\\|"), f"{e.sub['timing']['mean_per_seed_s']:.1f}",
                       f"[png]({_rel(e.heatmap, out_dir)})" if e.heatmap else "–",
                       f"[json]({_rel(e.path, out_dir)})"]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [""] + [f"*{note}*" for note in _left_out(rows)] + ([""] if _left_out(rows) else [])
     empty = [t for t, rows in track_rows if not rows]
     if empty:
         lines += ["## Tracks without entries yet", ""]
@@ -243,6 +260,18 @@ JS = r"""
   }
   window.addEventListener('hashchange', fromHash);
   fromHash();
+  // "only entries tuned on validation": hide the other rows (#tuned-only in the URL ticks it on load)
+  var only = document.getElementById('tuned-only');
+  function filter() {
+    document.querySelectorAll('table.board tbody tr').forEach(function (r) {
+      r.hidden = only.checked && r.getAttribute('data-selection') !== 'tuned';
+    });
+  }
+  if (only) {
+    only.addEventListener('change', filter);
+    if (/tuned-only/.test(location.hash)) { only.checked = true; }
+    filter();
+  }
 })();
 """
 
@@ -261,7 +290,9 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
              '<p class="muted">One table per track (a shipped benchmark at a fixed version). Values in %, '
              "mean ± sample std over n seeds. Click a column header to sort; click again to reverse. "
              "✓ verified: a maintainer re-ran one seed from the submitted config and R agreed within the stated "
-             "tolerance (docs/leaderboard.md).</p>"]
+             "tolerance (docs/leaderboard.md).</p>",
+             '<p><label><input type="checkbox" id="tuned-only"> only entries tuned on validation '
+             "(clbench tune; docs/tuning.md)</label></p>"]
     for track, rows in track_rows:
         if not rows:
             continue
@@ -278,6 +309,7 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
         heads += ['<th data-key="n" class="sortable" data-first="descending">n</th>',
                   '<th data-key="verified" class="sortable" data-first="descending">Verified</th>',
                   '<th data-key="config" class="text">Config</th>',
+                  '<th data-key="chosen" class="sortable text" data-first="ascending">Chosen by</th>',
                   '<th data-key="time" class="sortable" data-first="ascending">Time/seed (s)</th>',
                   '<th data-key="links" class="text">Links</th>']
         parts.append(f'<table class="board" id="{tid}" data-sorted-by="acc:descending"><thead><tr>'
@@ -302,10 +334,13 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
                       _td((f'<span class="dev">{html.escape(", ".join(e.deviations))}</span><br>'
                            if e.deviations else "") + f'<span class="hp">{html.escape(_hp_text(e) or "defaults")}</span>',
                           None, "text config", raw=True),
+                      _td(_chosen(e), _chosen(e), "text chosen"),
                       _td(f"{e.sub['timing']['mean_per_seed_s']:.1f}", e.sub["timing"]["mean_per_seed_s"]),
                       _td(" · ".join(links), None, "text", raw=True)]
-            parts.append(f'<tr data-id="{html.escape(e.id)}">' + "".join(cells) + "</tr>")
-        parts.append("</tbody></table></section>")
+            tuned = "tuned" if selection.is_tuned(e.sub.get("selection")) else "other"
+            parts.append(f'<tr data-id="{html.escape(e.id)}" data-selection="{tuned}">' + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>" + "".join(f'<p class="muted note">{html.escape(n)}</p>'
+                                                  for n in _left_out(rows)) + "</section>")
     empty = [t for t, rows in track_rows if not rows]
     if empty:
         parts.append('<h2>Tracks without entries yet</h2><ul class="empty">')
@@ -321,10 +356,13 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
     return "\n".join(parts) + "\n"
 
 
-def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard") -> dict:
-    """The board's text (markdown and HTML, links relative to `out_dir`) without writing anything."""
+def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", tuned_only: bool = False) -> dict:
+    """The board's text (markdown and HTML, links relative to `out_dir`) without writing anything; `tuned_only`
+    keeps the entries whose config was tuned on validation (clbench tune)."""
     out_dir = Path(out_dir)
     entries, rejected = collect(submissions_dir)
+    if tuned_only:
+        entries = [e for e in entries if selection.is_tuned(e.sub.get("selection"))]
     for e in entries:
         e.heatmap = out_dir / "heatmaps" / f"{e.id}.png"
     track_rows = tracks(entries)
@@ -332,11 +370,11 @@ def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard") -> d
             "html": render_html(track_rows, out_dir, rejected), "entries": entries, "rejected": rejected}
 
 
-def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard") -> dict:
+def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", tuned_only: bool = False) -> dict:
     """Write LEADERBOARD.md, index.html and heatmaps/<id>.png; returns the paths and the rejected files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    board = build(submissions_dir, out_dir)
+    board = build(submissions_dir, out_dir, tuned_only=tuned_only)
     for e in board["entries"]:
         write_heatmap(e.sub, e.heatmap)
     md, page = out_dir / "LEADERBOARD.md", out_dir / "index.html"

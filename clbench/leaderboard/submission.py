@@ -27,6 +27,7 @@ from typing import Iterable, Optional
 
 from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, config_hash, group_hash,
                             load_benchmark)
+from clbench.leaderboard import selection
 from clbench.registry import STRATEGIES, UnknownNameError
 from clbench.results import REQUIRED_KEYS, load_result, write_json_atomic
 from clbench.results import find_results as find_run_results
@@ -263,6 +264,7 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
         "benchmark": {"name": bench, "version": version},
         "config": seed_free_config(cfg),
         "config_hash": cfg_hash,
+        "selection": selection.from_runs(group),     # how the config was chosen (tuned, preset, default, hand-set)
         "seeds": seeds,
         "runs": seed_runs,
         "summary": summarize(seed_runs),

@@ -8,6 +8,8 @@ file is rejected with its own reason:
     benchmark         unknown benchmark, or a version other than the shipped one (tracks are fixed versions)
     protocol          dataset/scenario differ from the shipped benchmark (a different stream)
     method            the method record disagrees with the config (strategy name, hyper-parameters, source hash)
+    selection         the record of how the config was chosen is malformed, or a tuning record's chosen values
+                      are not the config's
     config_hash       the seed-free config does not hash to the claimed config_hash
     run_config_hash   a seed's run config (config + its seeds) does not hash to its recorded hash
     too_few_seeds     fewer than 3 seed records
@@ -29,6 +31,7 @@ from pathlib import Path
 from clbench import metrics as M
 from clbench.config import compose, config_hash, load_benchmark, section_specs
 from clbench.hparams import check_section
+from clbench.leaderboard import selection
 from clbench.leaderboard.submission import (MIN_SEEDS, SUBMISSION_SCHEMA, mean_std, result_digest, run_config,
                                             sha256)
 from clbench.registry import UnknownNameError
@@ -208,6 +211,8 @@ def validate_submission(sub: dict) -> list[ValidationIssue]:
         issues.append(ValidationIssue("method", "method.hyperparameters disagree with config.strategy"))
     if sha256(method["sources"]) != method["source_hash"]:
         issues.append(ValidationIssue("method", "method.source_hash is not the hash of method.sources"))
+    # how the config was chosen: a well-formed record; a tuned one names the config's own values
+    issues += [ValidationIssue("selection", m) for m in selection.check(sub)]
 
     # the config and its hash (seed-free), then each seed's run config hash
     if any(k in cfg for k in ("seed", "stream_seed")):
