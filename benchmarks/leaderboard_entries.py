@@ -42,19 +42,13 @@ TRACKS = {
 }
 
 
-def space_settings(strategy: str) -> list[str]:
-    """A shipped search-space file for the strategy (configs/tune/<name>.yaml), if there is one."""
-    name = strategy.split("+")[0]
-    return [f"space={name}"] if (REPO / "configs" / "tune" / f"{name}.yaml").is_file() else []
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracks", default=",".join(TRACKS), help=f"comma-separated subset of: {', '.join(TRACKS)}")
     ap.add_argument("--methods", help="comma-separated subset of the methods")
     ap.add_argument("--defaults", action="store_true", help="also run the default configs (default-vs-tuned table)")
     ap.add_argument("--verify", action="store_true", help="re-run seed 0 of each new or unverified entry")
-    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or str(REPO.parent / "shared" / "datasets"))
+    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or tuning.data_root())
     ap.add_argument("--runs", default=str(REPO / "runs" / "leaderboard"))
     ap.add_argument("--board", default=str(REPO / "leaderboard"))
     args = ap.parse_args(argv)
@@ -84,7 +78,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             out = Path(args.runs) / bench / tuning.slug(strategy)
             try:
-                res, tuned = tuning.tune_entry(bench, strategy, track["extra"], out, space_settings(strategy),
+                res, tuned = tuning.tune_entry(bench, strategy, track["extra"], out, [],
                                                args.data_root)
                 if args.defaults:
                     default = tuning.default_runs(bench, strategy, track["extra"], out / "default", args.data_root)

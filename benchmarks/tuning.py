@@ -9,7 +9,7 @@ what is complete) and the table in benchmarks/results/tuning_<name>.{json,md}.
 
     python benchmarks/tuning.py --benchmark split-digits
     python benchmarks/tuning.py --benchmark permuted-mnist --name pmnist-reduced \\
-        --extra dataset.train_per_class=100 dataset.test_per_class=100 --budget 12 --protocol full
+        --extra dataset.train_per_class=100 dataset.test_per_class=100 --tune budget=12 protocol=full grace=5
 
 One local Ray instance (1 CPU: one trial at a time, one torch thread) serves every tune of the invocation; run it
 through /work/heavy on a shared machine. Wall times are measured here, on this machine, with that instance.
@@ -38,6 +38,20 @@ def entry_overrides(strategy: str) -> list[str]:
     return [f"strategy={strategy}", *(["model.bias=false"] if strategy in BIAS_FREE else [])]
 
 
+def data_root() -> str:
+    """The nearest `shared/datasets` above the repository (the machine's MNIST), else ./data."""
+    for parent in REPO.parents:
+        if (parent / "shared" / "datasets" / "MNIST").is_dir():
+            return str(parent / "shared" / "datasets")
+    return "data"
+
+
+def space_settings(strategy: str) -> list[str]:
+    """A shipped search-space file for the strategy (configs/tune/<name>.yaml), if there is one."""
+    name = strategy.split("+")[0]
+    return [f"space={name}"] if (REPO / "configs" / "tune" / f"{name}.yaml").is_file() else []
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
@@ -47,7 +61,8 @@ def tune_entry(bench: str, strategy: str, extra: list[str], out: Path, settings:
     from clbench.results import load_result
     from clbench.tune import parse_tune_args, tune
     args = [f"benchmark={bench}", *entry_overrides(strategy), *extra, f"data.root={data_root}",
-            f"seeds={','.join(map(str, SEEDS))}", f"out={out}", *settings]
+            f"seeds={','.join(map(str, SEEDS))}", "wandb.mode=disabled", f"out={out}", *space_settings(strategy),
+            *settings]
     res = tune(parse_tune_args(args))
     return res, [load_result(out / "test" / r.run_id) for r in res.test.runs]
 
@@ -124,15 +139,15 @@ def main(argv=None) -> int:
     ap.add_argument("--name", help="name of the results files (default: the benchmark)")
     ap.add_argument("--strategies", help="comma-separated subset (default: all)")
     ap.add_argument("--extra", nargs="*", default=[], help="run overrides of a stated reduced protocol")
-    ap.add_argument("--budget", type=int, help="trials per strategy (default: the track's declared budget)")
-    ap.add_argument("--protocol", help="full or first-k (default: the track's declared protocol)")
-    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or str(REPO.parent / "shared" / "datasets"))
+    ap.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="clbench tune settings for every strategy (default: the track's declared protocol), "
+                         "e.g. budget=12 protocol=full grace=5")
+    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or data_root())
     ap.add_argument("--out", help="folder of the tunes and runs (default: runs/tuning/<name>)")
     args = ap.parse_args(argv)
     name = args.name or args.benchmark
     out = Path(args.out or REPO / "runs" / "tuning" / name)
-    settings = [f"budget={args.budget}"] if args.budget else []
-    settings += [f"protocol={args.protocol}"] if args.protocol else []
+    settings = list(args.tune)
     strategies = args.strategies.split(",") if args.strategies else STRATEGIES
 
     import ray

@@ -317,7 +317,8 @@ def _apply_settings(spec: TuneSpec, s: dict) -> None:
         spec.resume = s["resume"]
 
 
-def _lookup(cfg: dict, key: str):
+def lookup(cfg: dict, key: str):
+    """The value at a dotted key of a config (None when absent)."""
     node = cfg
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -642,7 +643,7 @@ def _tune_locked(spec: TuneSpec, log, ray, t0: float) -> TuneResult:
     trial_overrides = [*spec.overrides, *spec.trial_overrides()]
     base = compose(trial_overrides)
     n_exp = len(build_stream(base, torch.device("cpu")))   # also fails fast on missing data, before Ray starts
-    default = {k: _lookup(base, k) for k in spec.space}
+    default = {k: lookup(base, k) for k in spec.space}
     default_ok = all(in_domain(spec.space[k], v) for k, v in default.items())
     grace = min(spec.grace or max(1, math.ceil(n_exp / 2)), n_exp)
     ctx = TrialContext(overrides=trial_overrides, metric=spec.metric, threads=spec.threads, n_experiences=n_exp,

@@ -14,6 +14,7 @@ from typing import Optional
 from clbench import metrics as M
 from clbench.config import PROTOCOL_OVERRIDES, chosen_by
 from clbench.errors import ConfigError
+from clbench.tune import lookup
 
 KINDS = ("tuned", "preset", "default", "hand-set")
 MAX_BYTES = 64_000          # a tuning record is a few kB; anything far larger is not one
@@ -44,15 +45,6 @@ def from_runs(runs: list[dict]) -> dict:
         raise ConfigError(f"the runs' configurations were chosen differently ({', '.join(kinds)}, or different "
                           f"tuning records); submit runs of one choice (e.g. the seeds of one `clbench tune`)")
     return recs[0]
-
-
-def _lookup(cfg: dict, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _int(v) -> bool:
@@ -90,9 +82,9 @@ def check(sub: dict) -> list[str]:
         issues.append("'selection.tuning.best' must map each tuned key to its chosen value")
     else:
         for key, value in best.items():
-            if _lookup(sub.get("config") or {}, str(key)) != value:
+            if lookup(sub.get("config") or {}, str(key)) != value:
                 issues.append(f"the tuning record chose {key}={value!r} but the submitted config has "
-                              f"{_lookup(sub.get('config') or {}, str(key))!r}")
+                              f"{lookup(sub.get('config') or {}, str(key))!r}")
     return issues
 
 
