@@ -42,6 +42,13 @@ TRACKS = {
 }
 
 
+def same_results(old: dict, new: dict) -> bool:
+    """The same config, method source and seed results: keep the old file (and its verification records)."""
+    return (old.get("config_hash") == new["config_hash"] and old.get("method", {}).get("name") == new["method"]["name"]
+            and [r.get("result_digest") for r in old.get("runs", [])] == [r["result_digest"] for r in new["runs"]]
+            and old.get("method", {}).get("source_hash") == new["method"]["source_hash"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracks", default=",".join(TRACKS), help=f"comma-separated subset of: {', '.join(TRACKS)}")
@@ -88,10 +95,16 @@ def main(argv=None) -> int:
                 if issues:
                     raise RuntimeError("built submission does not validate: " + "; ".join(map(str, issues)))
                 path = subs_dir / f"{sub['id']}.json"
-                old = json.loads(path.read_text()) if path.exists() else None
-                if old is None or [r["result_digest"] for r in old["runs"]] != [r["result_digest"] for r in sub["runs"]]:
+                if path.exists() and same_results(json.loads(path.read_text()), sub):
+                    print(f"   unchanged: {path.name}")
+                else:
                     path = save_submission(sub, subs_dir, overwrite=True)
                     print(f"   wrote {path.name}")
+                for stale in subs_dir.glob(f"{bench}__*.json"):   # this method's older entry, superseded
+                    if stale != path and json.loads(stale.read_text())["method"]["name"] == strategy:
+                        stale.unlink()
+                        (Path(args.board) / "heatmaps" / f"{stale.stem}.png").unlink(missing_ok=True)
+                        print(f"   removed superseded {stale.name}")
                 written.add(path.name)
                 if args.verify and verification_status(json.loads(path.read_text()))["status"] != "verified":
                     rec = verify_submission(path, seed=tuning.SEEDS[0], data_root=args.data_root)

@@ -188,9 +188,9 @@ BUFFERS = {"reservoir": ReservoirBuffer, "class_balanced": ClassBalancedBuffer}
 def make_buffer(kind: str, capacity, device: torch.device, generator: torch.Generator, minimum: int = 0,
                 **options) -> Storage:
     """A buffer by name, with config errors that name the key (`strategy.buffer`, `strategy.buffer_size`)."""
-    from clbench.errors import ConfigError
+    from clbench.errors import ConfigError, bad_value
     if kind not in BUFFERS:
-        raise ConfigError(f"bad value for 'strategy.buffer': {kind!r}; valid choices: {', '.join(BUFFERS)}")
+        raise bad_value("strategy.buffer", f"{kind!r}; valid choices: {', '.join(BUFFERS)}")
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < minimum:
-        raise ConfigError(f"bad value for 'strategy.buffer_size': expected an integer >= {minimum}, got {capacity!r}")
+        raise bad_value("strategy.buffer_size", f"expected an integer >= {minimum}, got {capacity!r}")
     return BUFFERS[kind](capacity, device, generator, **options)

@@ -8,17 +8,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clbench.errors import UserError
+from clbench.errors import RunInterrupted, UserError
 
 USAGE_ERRORS = (UserError, FileNotFoundError)
 
 
 def cmd_run(args) -> int:
     from clbench.config import compose
-    from clbench.engine import run
     from clbench.tune import split_tuned
     overrides, tuning = split_tuned(args.overrides)     # tuned=best.yaml: a configuration chosen by clbench tune
-    result, path = run(compose(overrides, tuning=tuning))
+    cfg = compose(overrides, tuning=tuning)
+    if args.cfg:   # print the resolved config and exit (Hydra's --cfg job)
+        import yaml
+        print(yaml.safe_dump(cfg, sort_keys=False, width=110), end="")
+        return 0
+    from clbench.engine import run
+    result, path = run(cfg)
     if result.get("wandb_dir"):
         mode = result["config"]["wandb"]["mode"]
         print(f"W&B {mode} run: {path / result['wandb_dir']}" +
@@ -34,7 +39,7 @@ def cmd_list(args) -> int:
     for name in benchmark_names():
         b = load_benchmark(name)
         print(f"  {name:<22s} v{b.get('version', 1)}  {b.get('description', '')}")
-    for kind in ("scenarios", "strategies", "datasets", "models"):
+    for kind in ("scenarios", "strategies", "callbacks", "datasets", "models"):
         print(f"\n{kind.capitalize()}:")
         for name, desc in REGISTRIES[kind].describe().items():
             print(f"  {name:<22s} {desc}")
@@ -43,11 +48,31 @@ def cmd_list(args) -> int:
 
 def _add_run(sub):
     p = sub.add_parser("run", help="run one experiment: clbench run [key=value ...]",
-                       description="Run one experiment. With no overrides: split-digits with replay.")
+                       description="Run one experiment. With no overrides: split-digits with replay. Every key is "
+                                   "declared: `clbench show strategy NAME` lists a strategy's hyper-parameters and "
+                                   "presets (also: show benchmark|scenario|model|dataset|callback NAME); add --cfg "
+                                   "to print the resolved config without running.")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. benchmark=split-digits strategy=replay strategy.buffer_size=200 seed=1 out=runs; "
                         "tuned=PATH/best.yaml runs the configuration clbench tune chose (and records how)")
+    p.add_argument("--cfg", action="store_true", help="print the resolved config (YAML) and exit")
     p.set_defaults(func=cmd_run)
+
+
+def cmd_show(args) -> int:
+    from clbench.show import show
+    print(show(args.kind, args.name))
+    return 0
+
+
+def _add_show(sub):
+    from clbench.show import KINDS
+    p = sub.add_parser("show", help="what a strategy, callback, benchmark, scenario, model or dataset declares",
+                       description="Show a plugin's declared hyper-parameters/options (type, default, range, search "
+                                   "domain, help), presets, supported settings and paper, or a benchmark's protocol.")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_show)
 
 
 def _add_list(sub):
@@ -65,9 +90,9 @@ def cmd_sweep(args) -> int:
 def _add_sweep(sub):
     p = sub.add_parser("sweep", help="run the cartesian product of comma-separated overrides (resumable)",
                        description="Run many experiments: key=a,b,c values are swept (cartesian product); "
-                                   "complete runs are skipped on a re-run. Sweep keys: executor=local|ray|submitit "
-                                   "workers=N threads=N name=NAME sweep=FILE ray.num_cpus=1 ray.num_gpus=0 "
-                                   "submitit.*. See docs/sweeps.md.")
+                                   "complete runs of the current code and data are skipped on a re-run. Sweep keys: "
+                                   "executor=local|ray|submitit workers=N threads=N name=NAME sweep=FILE "
+                                   "reuse=same|any ray.num_cpus=1 ray.num_gpus=0 submitit.*. See docs/sweeps.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
                    help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2")
     p.set_defaults(func=cmd_sweep)
@@ -110,19 +135,22 @@ def _add_leaderboard(sub):
 def cmd_report(args) -> int:
     from clbench.report import report
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics)
+    report(args.path, out_dir=args.out, figures=not args.no_figures, metrics=metrics, pool=args.pool)
     return 0
 
 
 def _add_report(sub):
     p = sub.add_parser("report", help="mean ± std over seeds of every metric, as a table and PNG figures",
                        description="Aggregate the runs under PATH (a run folder or a folder of runs, searched "
-                                   "recursively) by benchmark / strategy / config hash without seeds; print the "
-                                   "table and write report.csv, report.md and figures. See docs/metrics.md.")
+                                   "recursively) by benchmark / strategy / config hash without seeds / code and "
+                                   "data identity; print the table and write report.csv, report.md and figures. "
+                                   "See docs/metrics.md and docs/provenance.md.")
     p.add_argument("path", metavar="PATH", help="a run folder, or a folder holding run folders")
     p.add_argument("--out", default=None, help="where to write the report (default: PATH/report)")
     p.add_argument("--metrics", default=None, help="comma-separated metrics for the table and chart (default: main ones)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--pool", action="store_true",
+                   help="pool runs of one configuration across code/data identities (warns for each mixed group)")
     p.set_defaults(func=cmd_report)
 
 
@@ -149,7 +177,7 @@ def _add_sync(sub):
 
 
 # Each entry adds one sub-command to the parser, in the order `clbench --help` lists them.
-COMMANDS = [_add_run, _add_list, _add_sweep, _add_tune, _add_report, _add_sync, _add_leaderboard]
+COMMANDS = [_add_run, _add_show, _add_list, _add_sweep, _add_tune, _add_report, _add_sync, _add_leaderboard]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +196,9 @@ def main(argv=None) -> int:
     except USAGE_ERRORS as e:
         print(f"clbench: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:      # SIGTERM/SIGINT: the checkpoint is saved, the same command resumes
+        print(f"clbench: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("clbench: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

@@ -74,7 +74,11 @@ CORE: dict[str, dict[str, HP]] = {
     },
     "eval": {
         "batch_size": HP(1000, "evaluation minibatch size", low=1),
-        "every_steps": HP(0, "anytime evaluation every N training steps (0: off)", low=0),
+        "every_samples": HP(0, "anytime evaluation every N stream samples (i-Blurry's EVAL_PERIOD; 0: off)", low=0),
+        "every_steps": HP(0, "anytime evaluation every N training steps instead (0: off)", low=0),
+        "anytime_accuracy": HP("exposed", "anytime accuracy: exposed (i-Blurry: pooled over the test samples of the "
+                                          "classes exposed so far) or seen_tasks (mean over tasks introduced so far)",
+                               choices=("exposed", "seen_tasks")),
         "reference": HP(None, "folder of a joint-training run of the same benchmark: adds intransigence", type=str),
         "validation": HP(0.0, "fraction of each class's training samples held out as a validation split "
                               "(stratified, seeded by the stream seed); 0: none", low=0.0, high=0.9),
@@ -153,7 +157,7 @@ def benchmark_path(name: str) -> Path:
     if name.endswith((".yaml", ".yml")):
         if Path(name).is_file():
             return Path(name)
-        raise ConfigError(f"bad value for 'benchmark': no such file {name}")
+        raise bad_value("benchmark", f"no such file {name}")
     path = configs_dir() / "benchmark" / f"{name}.yaml"
     if not path.is_file():
         names = benchmark_names()
@@ -325,6 +329,12 @@ def section_specs(cfg: dict, section: str) -> Optional[dict[str, HP]]:
 def _set(cfg: dict, key: str, value: Any) -> None:
     """Set one override; the key must be declared (core, the strategy's, a callback's, a section's)."""
     parts = key.split(".")
+    if len(parts) == 1 and (key in SECTIONS or (key in CORE and key)):
+        if not isinstance(value, dict) or (key in ("dataset", "scenario", "model") and "name" not in value):
+            raise bad_value(key, f"a whole section is replaced by a mapping{' with a name' if key in SECTIONS[:3] else ''}, "
+                                 f"e.g. {key}={{name: ..., option: value}}; or set one key: {key}.<key>=value")
+        cfg[key] = value          # the whole section (e.g. model={name: cnn}); its declarations check it below
+        return
     if len(parts) == 1:
         if key not in CORE[""] and key not in ("benchmark", "strategy", "callbacks"):
             valid = sorted([*CORE[""], "benchmark", "strategy", "callbacks", *SECTIONS, "wandb", "data",
@@ -456,7 +466,7 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"bad value for '{key}': {msg}" if key else f"bad config: {msg}") from None
+        raise bad_value(f"{key}", f"{msg}" if key else f"bad config: {msg}") from None
     cfg = validate(cfg)
     if not cfg["callbacks"]:
         del cfg["callbacks"]     # keeps the hash of configs without callbacks unchanged

@@ -30,11 +30,13 @@ from clbench import metrics as M
 from clbench import state as S
 from clbench.config import compose, config_hash
 from clbench.data import holdout_validation, load_dataset
-from clbench.errors import ClbenchError, ConfigError, PluginError
-from clbench.evaluator import AnytimeEvaluator, EvalRow, Evaluator, load_reference
+from clbench.errors import ConfigError, PluginError, RunInterrupted, bad_value
+from clbench.anytime import AnytimeEvaluator, check_config as anytime_config
+from clbench.evaluator import EvalRow, Evaluator, load_reference
 from clbench.hparams import specs_from_signature
 from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
+from clbench.provenance import collect as collect_provenance
 from clbench.registry import CALLBACKS, SCENARIOS, STRATEGIES
 from clbench.results import SCHEMA_VERSION, RunDir, environment, make_run_id, write_json_atomic
 from clbench.strategy import Strategy, StreamInfo
@@ -43,25 +45,11 @@ from clbench.stream import Stream
 CHECKPOINT_VERSION = 1
 
 
-class RunInterrupted(ClbenchError):
-    """SIGTERM or SIGINT arrived: the run saved a checkpoint and stopped; the same command resumes it."""
-
-    def __init__(self, signum: int, where: str, folder: Path):
-        self.signum, self.where, self.folder = signum, where, folder
-        name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name} {where}; checkpoint saved in {folder}. Re-run the same command "
-                         f"to resume (or add resume=false to start over)")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"bad value for 'device': {name!r} requested but CUDA is not available (use device=cpu)")
+        raise bad_value("device", f"{name!r} requested but CUDA is not available (use device=cpu)")
     return torch.device(name)
 
 
@@ -80,7 +68,7 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     """The scenario's stream; with `eval.validation`, validation tasks built from held-out training samples by
     the same scenario (same seed, so the same experiences); with `eval.test=false`, no test data at all."""
     ev = cfg["eval"]
-    dataset = load_dataset(cfg, device, test=ev["test"])
+    dataset = loaded = load_dataset(cfg, device, test=ev["test"])
     if ev["validation"] > 0:
         dataset = holdout_validation(dataset, ev["validation"], int(cfg["stream_seed"]))
     sc = cfg["scenario"]
@@ -92,9 +80,8 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
         as_test = _with_test(dataset, dataset.x_val, dataset.y_val)
         vstream = scenario.build(as_test, seed)
         val_tasks = vstream.eval_tasks
-        if stream is None:   # no test tasks (eval.test=false): the validation tasks are R's columns
-            stream = vstream
-            stream.eval_tasks = []
+        if stream is None:              # no test split: the validation build is the stream, without test tasks
+            stream, vstream.eval_tasks = vstream, []
         elif [e["classes"] for e in stream.describe()["experiences"]] != \
                 [e["classes"] for e in vstream.describe()["experiences"]]:
             raise PluginError(f"scenario '{sc['name']}' built different experiences for the same seed; its "
@@ -104,16 +91,17 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
                                             "stratified_by": "class", "n_val": int(len(dataset.y_val))}
     stream.name = sc["name"]
     stream.dataset = dataset
+    stream.loaded_dataset = loaded        # as loaded, before the validation split: what provenance fingerprints
     if cfg.get("first_experiences"):   # the first-k protocol (clbench tune): a prefix of the stream
         k = int(cfg["first_experiences"])
         if k > len(stream):
-            raise ConfigError(f"bad value for 'first_experiences': {k}, but scenario '{sc['name']}' has only "
-                              f"{len(stream)} experiences")
+            raise bad_value("first_experiences", f"{k}, but scenario '{sc['name']}' has only {len(stream)} "
+                                                   f"experiences")
         stream = stream.prefix(k)
     # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
     for key, value in (stream.description.get("train_requirements") or {}).items():
         if cfg["train"].get(key) != value:
-            raise ConfigError(f"bad value for 'train.{key}': scenario '{sc['name']}' with these options requires "
+            raise bad_value(f"train.{key}", f"scenario '{sc['name']}' with these options requires "
                               f"train.{key}={value}, got {cfg['train'].get(key)!r}")
     return stream
 
@@ -160,6 +148,7 @@ class Run:
     val_evaluator: Optional[Evaluator] = None         # validation split (eval.validation > 0)
     loggers: list[Logger] = field(default_factory=list)
     reference: Optional[dict] = None   # joint-training reference (eval.reference) for intransigence
+    provenance: Optional[dict] = None  # code and data identity (clbench/provenance.py)
 
 
 def prepare(cfg: dict) -> Run:
@@ -172,9 +161,10 @@ def prepare(cfg: dict) -> Run:
     bs = int(cfg["eval"]["batch_size"])
     evaluator = Evaluator(stream, batch_size=bs) if cfg["eval"]["test"] else None
     val_evaluator = Evaluator(stream, batch_size=bs, split="val") if stream.val_tasks else None
-    if cfg["eval"]["every_steps"] and not strategy.step_events:
-        raise ConfigError(f"bad value for 'eval.every_steps': strategy '{cfg['strategy']['name']}' trains in an "
-                          f"opaque loop with no per-step events; use eval.every_steps=0")
+    anytime_config(cfg)  # eval.every_samples / every_steps / anytime_accuracy
+    if (cfg["eval"]["every_steps"] or cfg["eval"]["every_samples"]) and not strategy.step_events:
+        raise bad_value("eval.every_steps", f"strategy '{cfg['strategy']['name']}' trains in an "
+                          f"opaque loop with no per-step events; use eval.every_steps=0 and eval.every_samples=0")
     ref = cfg["eval"].get("reference")
     reference = load_reference(ref, stream, cfg) if ref else None
     return Run(cfg=cfg, cfg_hash=h, run_id=make_run_id(cfg, h), device=device, stream=stream, strategy=strategy,
@@ -244,15 +234,16 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
     cfg, stream, strategy = run.cfg, run.stream, run.strategy
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
+    # code and data identity, taken before training starts (clbench/provenance.py)
+    run.provenance = collect_provenance(cfg, stream.loaded_dataset)
     t_start = time.perf_counter()
     P = _Progress()
-    every = int(cfg["eval"]["every_steps"])
     main_eval = run.evaluator or run.val_evaluator
-    anytime = AnytimeEvaluator(main_eval, every, stream.learned_rows()) if every > 0 else None
+    anytime = AnytimeEvaluator.from_config(main_eval, cfg)
     ck_every = int(cfg["checkpoint"]["every_steps"]) if checkpoint is not None else 0
 
     resumed = checkpoint is not None and checkpoint.is_file() and _load_checkpoint(run, checkpoint, P, anytime)
-    if not resumed:
+    if not resumed and checkpoint is not None:
         RunDir.clear(run_dir)     # leftovers of an earlier attempt (W&B files) do not mix into this run
     for lg in run.loggers:
         lg.start(run)
@@ -300,7 +291,7 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
                     for lg in run.loggers:
                         lg.log_values(run, strategy.global_step, dict(logs))
                 if anytime is not None:
-                    point = anytime.after_step(strategy)
+                    point = anytime.after_step(strategy, n)
                     if point is not None:
                         for lg in run.loggers:
                             lg.log_anytime(run, point)
@@ -327,7 +318,6 @@ def execute(run: Run, run_dir: Path, checkpoint: Optional[Path] = None) -> dict:
             if anytime is not None:
                 anytime.add_row(exp.index, (row or vrow).acc)
             for lg in run.loggers:
-                lg.experience_end(run, exp)
                 lg.log_row(run, exp.index, row or vrow)
             P.next_exp = exp.index + 1
             if P.next_exp < len(stream):
@@ -409,7 +399,8 @@ def _result(run: Run, P: _Progress, anytime, t_start: float) -> dict:
         "timing": {"total_s": total_s, "train_s": train_s, "eval_s": eval_s, "segments": P.segments},
         "memory": memory,
         "env": environment(run.device),
-        **extra,
+        "provenance": run.provenance,
+        **extra,   # "anytime", "reference", "validation_*", "extra_models", "logs" when present
     }
 
 
@@ -419,13 +410,19 @@ def _save_checkpoint(run: Run, path: Path, P: _Progress, anytime, wall_s: float)
         "version": CHECKPOINT_VERSION,
         "run_id": run.run_id,
         "config_hash": run.cfg_hash,
+        "identity": _identity(run),
         "progress": S.pack({**P.__dict__, "wall_s": P.wall_s + wall_s}),
         "strategy": run.strategy.state_dict(),
         "rng": S.rng_state(),
-        "anytime": S.pack({k: v for k, v in anytime.__dict__.items() if k != "evaluator"}) if anytime else None,
+        "anytime": S.pack(anytime.state_dict()) if anytime else None,
         "loggers": {type(lg).__name__: lg.state() for lg in run.loggers},
     }
     S.save(path, state)
+
+
+def _identity(run: Run) -> list:
+    p = run.provenance or {}
+    return [p.get("code_hash"), (p.get("data") or {}).get("data_hash")]
 
 
 def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
@@ -438,6 +435,10 @@ def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
     if state.get("version") != CHECKPOINT_VERSION or state.get("config_hash") != run.cfg_hash:
         warnings.warn(f"checkpoint {path} is from another configuration or clbench version; starting the run over")
         return False
+    if state.get("identity") != _identity(run):
+        warnings.warn(f"checkpoint {path} was written by other code or data (code/data identity changed since); "
+                      f"starting the run over rather than mixing the two")
+        return False
     if not run.strategy.resumable:
         warnings.warn(f"strategy '{run.cfg['strategy']['name']}' cannot resume mid-run; starting it over")
         return False
@@ -446,8 +447,7 @@ def _load_checkpoint(run: Run, path: Path, P: _Progress, anytime) -> bool:
         setattr(P, k, v)
     P.segments += 1
     if anytime is not None and state.get("anytime") is not None:
-        for k, v in S.unpack(state["anytime"]).items():
-            setattr(anytime, k, v)
+        anytime.load_state_dict(S.unpack(state["anytime"]))
     for lg in run.loggers:
         lg.restore(state.get("loggers", {}).get(type(lg).__name__) or {})
     S.set_rng_state(state["rng"])

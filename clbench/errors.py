@@ -52,6 +52,20 @@ class ResultFileError(UserError, ValueError):
     """A result.json that cannot be read or does not match the result schema."""
 
 
+class RunInterrupted(ClbenchError):
+    """SIGTERM or SIGINT arrived: the run saved a checkpoint and stopped; the same command resumes it."""
+
+    def __init__(self, signum: int, where: str, folder):
+        import signal
+        self.signum, self.where, self.folder = signum, where, folder
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}; checkpoint saved in {folder}. "
+                         f"Re-run the same command to resume (or add resume=false to start over)")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 def bad_value(key: str, why: str) -> ConfigError:
     """The one phrasing of a bad configuration value: "bad value for 'KEY': WHY"."""
     return ConfigError(f"bad value for '{key}': {why}")

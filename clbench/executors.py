@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from clbench.config import ConfigError
+from clbench.errors import bad_value
 from clbench.registry import did_you_mean
 
 EXECUTORS = ("local", "ray", "submitit")
@@ -178,8 +179,7 @@ class RayExecutor(Executor):
         self.address = address
         self.num_cpus, self.num_gpus = float(num_cpus), float(num_gpus)
         if self.num_cpus <= 0 or self.num_gpus < 0:
-            raise ConfigError(f"bad value for 'ray.num_cpus'/'ray.num_gpus': need num_cpus > 0 and num_gpus >= 0, "
-                              f"got {num_cpus}, {num_gpus}")
+            raise bad_value("ray", f"need num_cpus > 0 and num_gpus >= 0, got {num_cpus}, {num_gpus}")
         self.dashboard = bool(dashboard)
         self.threads = int(threads) if threads else max(1, int(self.num_cpus))
 
@@ -289,7 +289,7 @@ def _int_setting(settings: dict, key: str, default, minimum: int = 1):
     if v is None:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ConfigError(f"bad value for '{key}': expected an integer >= {minimum}, got {v!r}")
+        raise bad_value(key, f"expected an integer >= {minimum}, got {v!r}")
     return v
 
 
@@ -297,7 +297,7 @@ def make_executor(settings: dict, out=None) -> Executor:
     """The executor a sweep's settings ask for (executor, workers, threads, ray.*, submitit.*)."""
     name = settings.get("executor", "local")
     if name not in EXECUTORS:
-        raise ConfigError(f"bad value for 'executor': {name!r}.{did_you_mean(name, EXECUTORS)} "
+        raise bad_value("executor", f"{name!r}.{did_you_mean(name, EXECUTORS)} "
                           f"Valid choices: {', '.join(EXECUTORS)}")
     workers = _int_setting(settings, "workers", 1)
     threads = _int_setting(settings, "threads", None)

@@ -15,9 +15,8 @@ class Logger:
     def experience_start(self, run, exp, n_steps: int) -> None: ...
     def train_step(self, run, loss) -> None: ...
     def log_values(self, run, step: int, values: dict) -> None: ...  # what a strategy logged (self.log)
-    def experience_end(self, run, exp) -> None: ...
     def log_row(self, run, row_index: int, row) -> None: ...     # row_index -1: before training
-    def log_anytime(self, run, point: dict) -> None: ...         # eval.every_steps > 0
+    def log_anytime(self, run, point: dict) -> None: ...         # anytime evaluation on (eval.every_samples/steps)
     def finish(self, run, result: dict) -> None: ...
     def close(self, failed: bool = False, interrupted: bool = False) -> None: ...
     def state(self) -> dict:                                     # kept in checkpoints, for resuming
@@ -98,7 +97,9 @@ class ConsoleLogger(Logger):
             print(f"Extra model '{name}': acc {fmt_pct(m['acc']).strip()}%", file=self.out)
         if result.get("anytime"):
             a = result["anytime"]
-            print(f"Anytime evaluation: {len(a['step'])} points every {a['every_steps']} steps "
+            every = (f"{a['every_samples']} stream samples" if a.get("every_samples")
+                     else f"{a['every_steps']} steps")
+            print(f"Anytime evaluation: {len(a['step'])} points every {every}, A_AUC {fmt_pct(a['auc']).strip()}% "
                   f"(result.json key 'anytime')", file=self.out)
         t = result["timing"]
         print(f"Time: total {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s)",
@@ -215,7 +216,8 @@ class WandbLogger(Logger):
         self._safely("log", lambda: self.run.log(data))
 
     def log_anytime(self, run, point: dict) -> None:
-        data = {"anytime/step": point["step"], "anytime/experience": point["experience"]}
+        data = {"anytime/step": point["step"], "anytime/samples": point.get("samples"),
+                "anytime/experience": point["experience"]}
         data.update({f"anytime/acc_task{j}": a for j, a in enumerate(point["accuracy"])})
         if point.get("acc_seen") is not None:
             data["anytime/acc_seen"] = point["acc_seen"]

@@ -162,10 +162,21 @@ def reference_accuracy(ref_R, ref_learned_at=None, final_row_only: bool = False)
     return [float(R[L[j], j]) for j in range(R.shape[1])], "prefix-joint"
 
 
+def anytime_accuracy(unit_acc: dict, unit_n: dict, exposed: Sequence) -> Optional[float]:
+    """(+) Anytime accuracy as i-Blurry's code computes it (Koh et al. 2022, `online_evaluate`): correct
+    predictions over test samples, pooled over the test samples of the units (classes) exposed in the stream
+    so far. `unit_acc[u]` is the accuracy on unit u's `unit_n[u]` test samples; None when nothing is exposed."""
+    n = sum(unit_n[u] for u in exposed)
+    if not n:
+        return None
+    return float(sum(unit_acc[u] * unit_n[u] for u in exposed) / n)
+
+
 def anytime_auc(acc_seen_curve: Sequence[float]) -> Optional[float]:
-    """(+) Area under the anytime accuracy curve (Koh et al. 2022, i-Blurry A_AUC), normalised as in their
-    code: the mean, over evaluation points taken every N training steps, of the accuracy on the tasks seen
-    so far. Evaluation points are equally spaced in steps, so this is the area divided by its length."""
+    """(+) Area under the anytime accuracy curve (Koh et al. 2022, i-Blurry A_AUC), normalised as their
+    code does (`A_auc = np.mean(eval_results["test_acc"])`): the mean over equally spaced evaluation points
+    (every `eval.every_samples` stream samples, as their `eval_period`) of the anytime accuracy, i.e. the
+    area divided by its length. Points with nothing seen yet (None) are skipped."""
     values = [float(v) for v in acc_seen_curve if v is not None]
     return float(np.mean(values)) if values else None
 
@@ -210,7 +221,7 @@ METRICS: dict[str, tuple[Callable, str, str]] = {
 EXTRA_METRICS: dict[str, tuple[str, str]] = {
     "acc_task_masked": ("+", "final average task-IL accuracy (logits masked to the task's classes)"),
     "intransigence": ("-", "intransigence against a joint-training reference (Chaudhry RWalk)"),
-    "anytime_acc_auc": ("+", "area under the anytime accuracy curve (i-Blurry A_AUC, normalised)"),
+    "anytime_acc_auc": ("+", "area under the anytime accuracy curve (i-Blurry A_AUC, normalised as their code)"),
 }
 
 

@@ -134,28 +134,33 @@ def _nan(v):
 
 
 def anytime_figure(results, label: str | None = None):
-    """Anytime evaluation: accuracy on the tasks seen so far every N training steps (the curve whose
-    mean is anytime_acc_auc), with experience boundaries, plus each task's accuracy."""
+    """Anytime evaluation: accuracy on what the stream has shown so far, every N stream samples (or
+    training steps): the curve whose mean is anytime_acc_auc, with experience boundaries, plus each task's
+    accuracy."""
     results = [r for r in _as_list(results) if r.get("anytime")]
     if not results:
         return None
     a0 = results[0]["anytime"]
-    steps = np.asarray(a0["step"])
-    curves = [r["anytime"] for r in results if r["anytime"]["step"] == a0["step"]]
+    by_samples = bool(a0.get("every_samples"))          # x axis: stream samples, or training steps
+    key, row_key = ("samples", "row_samples") if by_samples else ("step", "row_steps")
+    steps = np.asarray(a0[key])
+    curves = [r["anytime"] for r in results if r["anytime"][key] == a0[key]]
     seen = np.asarray([c["acc_seen"] for c in curves], dtype=float) * 100
     per_task = np.asarray([c["accuracy"] for c in curves], dtype=float).mean(0) * 100
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     for j in range(per_task.shape[1]):
         ax.plot(steps, per_task[:, j], lw=0.9, alpha=0.55, color=COLORS[j % len(COLORS)], label=f"T{j}")
     m = seen.mean(0)
-    ax.plot(steps, m, color="black", lw=2.2,
-            label=f"seen tasks (area {np.nanmean(m):.1f}%)")
+    seen_label = "seen tasks" if a0.get("accuracy_rule", "seen_tasks") == "seen_tasks" else "exposed classes"
+    ax.plot(steps, m, color="black", lw=2.2, label=f"{seen_label} (area {np.nanmean(m):.1f}%)")
     if len(curves) > 1:
         s = seen.std(0, ddof=1)
         ax.fill_between(steps, m - s, m + s, color="black", alpha=0.15, lw=0)
-    for st in a0.get("row_steps", [])[1:-1]:
+    for st in a0.get(row_key, [])[1:-1]:
         ax.axvline(st, color="grey", ls=":", lw=1)
-    ax.set_xlabel(f"training step (evaluated every {a0['every_steps']} steps; dotted: experience ends)")
+    unit = "stream samples" if by_samples else "steps"
+    every = a0["every_samples"] if by_samples else a0["every_steps"]
+    ax.set_xlabel(f"{unit} (evaluated every {every}; dotted: experience ends)")
     return _finish_accuracy_axes(fig, ax, _title(results, "Anytime accuracy", label))
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError, bad_value
 
 PROJECTABLE = (nn.Linear, nn.Conv2d)
 
@@ -153,11 +153,11 @@ def per_layer(value, layers: list[tuple[str, nn.Module]], key: str, kind=float) 
     names = [n for n, _ in layers]
     if isinstance(value, (list, tuple)):
         if len(value) != len(layers):
-            raise ConfigError(f"bad value for '{key}': expected one value per weight layer "
+            raise bad_value(f"{key}", f"expected one value per weight layer "
                               f"({len(layers)}: {', '.join(names)}), got {len(value)} values {list(value)}")
         return [kind(v) for v in value]
     try:
         return [kind(value)] * len(layers)
     except (TypeError, ValueError):
-        raise ConfigError(f"bad value for '{key}': expected a number or a list of {len(layers)} numbers, "
+        raise bad_value(f"{key}", f"expected a number or a list of {len(layers)} numbers, "
                           f"got {value!r}") from None

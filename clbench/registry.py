@@ -8,6 +8,7 @@ loaded lazily, on first use of a name. Two distributions registering one name is
 """
 from __future__ import annotations
 
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -30,9 +31,19 @@ class Registry:
         self.group = f"clbench.{kind}"
         self._extra: dict[str, Any] = {}
         self._loaded: dict[str, Any] = {}
+        self._scan = None
 
     def _entry_points(self) -> tuple[dict, dict]:
-        """name -> entry point, and name -> [distributions] for names registered by more than one."""
+        """name -> entry point, and name -> [distributions] for names registered by more than one.
+
+        Scanning the installed distributions takes ~15 ms, so the result is kept while sys.path is unchanged
+        (installing a plugin into a running process means adding it to sys.path)."""
+        key = tuple(sys.path)
+        if self._scan is None or self._scan[0] != key:
+            self._scan = (key, self._scan_entry_points())
+        return self._scan[1]
+
+    def _scan_entry_points(self) -> tuple[dict, dict]:
         found: dict[str, list] = {}
         for ep in entry_points(group=self.group):
             # the same distribution seen twice (two metadata copies on sys.path) is not a collision: first wins
@@ -70,17 +81,20 @@ class Registry:
             return None
         eps, _ = self._entry_points()
         return _dist_name(eps[name]) if name in eps else None
+    def in_process(self, name: str) -> bool:
+        """True when `name` comes from register() in this process (it then shadows any entry point)."""
+        return name in self._extra
 
     def get(self, name: str) -> Any:
         if name in self._extra:
             return self._extra[name]
-        if name in self._loaded:
-            return self._loaded[name]
-        eps, clashes = self._entry_points()
+        eps, clashes = self._entry_points()      # every time: a plugin installed later can clash with a loaded one
         if name in clashes:
             who = " and ".join(f"'{_dist_name(e)}' ({e.value})" for e in clashes[name])
             raise PluginError(f"{SINGULAR[self.kind]} '{name}' is registered by two distributions: {who}; "
                               f"uninstall one, or rename the plugin's entry point")
+        if name in self._loaded:
+            return self._loaded[name]
         if name not in eps:
             valid = ", ".join(self.names()) or "(none installed)"
             raise UnknownNameError(f"unknown {SINGULAR[self.kind]} '{name}'.{did_you_mean(name, self.names())} "

@@ -1,14 +1,18 @@
 """`clbench report PATH`: mean +- std over seeds of every metric, as a table and as figures.
 
 PATH is a run folder or any folder holding run folders (searched recursively). Runs are grouped by
-(benchmark, strategy, config hash without the seeds): the seeds of one configuration are repeats, so
-each group gives mean, std (sample std, ddof=1; none for a single run) and n.
+(benchmark, strategy, config hash without the seeds, code/data identity): the seeds of one
+configuration run by the same code on the same data are repeats, so each group gives mean, std (sample
+std, ddof=1; none for a single run) and n. Runs of the same configuration from different code or data
+(clbench/provenance.py) form separate groups, told apart by the short `code/data` id in the table;
+`pool=True` (`--pool`) merges them and warns about every group it mixes.
 
 Stable API (the sweep command calls it):
-    aggregate(results: list[dict]) -> list[dict]          one row per group
+    aggregate(results: list[dict], pool=False) -> list[dict]          one row per group
     render_table(rows, fmt="text"|"markdown"|"csv", metrics=None) -> str
-A row is {"benchmark", "strategy", "label", "group_hash", "n", "seeds", "run_ids", "config_diff",
-"metrics": {name: {"mean", "std", "n"}}}; metric values are fractions (0.8 = 80 %).
+A row is {"benchmark", "strategy", "label", "group_hash", "identity", "n", "seeds", "run_ids",
+"config_diff", "metrics": {name: {"mean", "std", "n"}}}; metric values are fractions (0.8 = 80 %);
+`identity` is "code8/data8" ("-" where a run records none; "mixed:N" in a pooled group of N identities).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
 from clbench.metrics import direction
+from clbench.provenance import identity, short_id
 from clbench.results import find_results
 
 # Shown in the printed table when present (all metrics go to the CSV).
@@ -52,10 +57,22 @@ def load_results(path) -> list[dict]:
 
 
 # ----- aggregation ------------------------------------------------------------------------------------
-def _key(result: dict) -> tuple[str, str, str]:
+def _key(result: dict, pool: bool = False) -> tuple[str, str, str, str]:
+    """(benchmark, strategy, seed-free config hash, code/data id; "" when pooled): one group per key."""
     cfg = result.get("config", {})
     gh = group_hash(cfg) if cfg else result.get("config_hash", "")
-    return cfg.get("benchmark", {}).get("name", "?"), cfg.get("strategy", {}).get("name", "?"), gh
+    ident = "" if pool else short_id(identity(result))
+    return cfg.get("benchmark", {}).get("name", "?"), cfg.get("strategy", {}).get("name", "?"), gh, ident
+
+
+def _group_identity(rs: list[dict], label: str) -> str:
+    """The short code/data id of a group; a pooled group of several says so, and a warning names them."""
+    ids = sorted({short_id(identity(r)) for r in rs})
+    if len(ids) == 1:
+        return ids[0]
+    print(f"clbench report: warning: --pool merges runs of {len(ids)} code/data identities into '{label}' "
+          f"({', '.join(ids)}); their mean and std mix different code or data", file=sys.stderr)
+    return f"mixed:{len(ids)}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -86,29 +103,30 @@ def _short(key: str) -> str:
     return key.split(".", 1)[1] if key.startswith("strategy.") else key
 
 
-def aggregate(results: list[dict]) -> list[dict]:
-    """One row per (benchmark, strategy, config-without-seeds), with mean/std/n of every metric.
+def aggregate(results: list[dict], pool: bool = False) -> list[dict]:
+    """One row per (benchmark, strategy, config-without-seeds, code/data identity), with mean/std/n of
+    every metric; `pool=True` leaves the identity out of the key (and warns where that mixes runs).
 
     Rows are sorted by benchmark, then by mean final accuracy (best first). `label` names the strategy
     and, where one strategy appears with several configurations, the config keys that tell them apart.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault(_key(r), []).append(r)
+        groups.setdefault(_key(r, pool), []).append(r)
     # Keys whose values differ between groups of the same benchmark and strategy become the label.
     diffs: dict[tuple, dict] = {}
     by_bs: dict[tuple, list[tuple]] = {}
     for key in groups:
         by_bs.setdefault(key[:2], []).append(key)
     for bs, keys in by_bs.items():
-        flats = {k: _semantic(groups[k][0].get("config", {})) for k in keys}
+        flats = {k: _semantic(groups[k][0].get("config", {})) for k in keys}  # same config, other code: no diff
         all_keys = sorted(set().union(*[set(f) for f in flats.values()]))
         varying = [c for c in all_keys if len({repr(f.get(c)) for f in flats.values()}) > 1] if len(keys) > 1 else []
         for k in keys:
             diffs[k] = {c: flats[k].get(c) for c in varying}
     rows = []
     for key, rs in groups.items():
-        bench, strat, gh = key
+        bench, strat, gh, _ = key
         names = []
         for r in rs:
             names += [n for n in r["metrics"] if n not in names]
@@ -119,6 +137,7 @@ def aggregate(results: list[dict]) -> list[dict]:
             "strategy": strat,
             "label": label,
             "group_hash": gh[:12],
+            "identity": _group_identity(rs, label),
             "n": len(rs),
             "seeds": sorted(r.get("seed") for r in rs),
             "run_ids": [r.get("run_id") for r in rs],
@@ -157,45 +176,62 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
                 names += [n for n in r["metrics"] if n not in names]
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["benchmark", "strategy", "label", "group_hash", "n", "seeds"] +
+        w.writerow(["benchmark", "strategy", "label", "group_hash", "n", "seeds", "identity"] +
                    [f"{n}_{s}" for n in names for s in ("mean", "std", "n")])
         for r in rows:
-            cells = [r["benchmark"], r["strategy"], r["label"], r["group_hash"], r["n"], " ".join(map(str, r["seeds"]))]
+            cells = [r["benchmark"], r["strategy"], r["label"], r["group_hash"], r["n"], " ".join(map(str, r["seeds"])),
+                     r.get("identity", "-")]
             for n in names:
                 st = r["metrics"].get(n, {})
                 cells += ["" if st.get(k) is None else st.get(k) for k in ("mean", "std", "n")]
             w.writerow(cells)
         return buf.getvalue()
     names = _metric_columns(rows, metrics)
-    header = ["benchmark", "strategy", "n"] + [f"{n} ({direction(n)})" for n in names]
-    body = [[r["benchmark"], r["label"], str(r["n"])] + [_pm(r["metrics"].get(n)) for n in names] for r in rows]
+    header = ["benchmark", "strategy", "n"] + [f"{n} ({direction(n)})" for n in names] + ["code/data"]
+    body = [[r["benchmark"], r["label"], str(r["n"])] + [_pm(r["metrics"].get(n)) for n in names] +
+            [r.get("identity", "-")] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
         lines.append("")
         lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1). "
-                     "(+) higher is better, (-) lower is better; definitions in docs/metrics.md.")
+                     "(+) higher is better, (-) lower is better; definitions in docs/metrics.md. "
+                     "code/data: short code and data identity of the group's runs (docs/provenance.md).")
         return "\n".join(lines) + "\n"
     if fmt != "text":
         raise ValueError(f"unknown table format {fmt!r} (choose text, markdown or csv)")
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
-    fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    last = len(header) - 1
+    fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 or i == last else c.rjust(w)
+                                      for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     lines = [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(row) for row in body]
-    lines.append("values in %, mean ± std over seeds; (+) higher is better, (-) lower is better")
+    lines.append("values in %, mean ± std over seeds; (+) higher is better, (-) lower is better; "
+                 "code/data: short code and data identity")
     return "\n".join(lines) + "\n"
 
 
 # ----- the report ---------------------------------------------------------------------------------------
+def _note_split_groups(rows: Sequence[dict], stream) -> None:
+    """Say when one configuration appears in several rows because its runs differ in code or data."""
+    seen: dict[tuple, list[str]] = {}
+    for r in rows:
+        seen.setdefault((r["benchmark"], r["label"], r["group_hash"]), []).append(r["identity"])
+    for (bench, label, _), ids in seen.items():
+        if len(ids) > 1:
+            print(f"note: {bench} / {label}: {len(ids)} groups of the same configuration from different code or "
+                  f"data ({', '.join(ids)}); they are kept apart (--pool merges them)", file=stream)
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
 
 
-def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None) -> dict:
+def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
+                 pool: bool = False) -> dict:
     """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
     from clbench import plots
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = aggregate(results)
+    rows = aggregate(results, pool=pool)
     written = []
     for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
         (out / name).write_text(render_table(rows, fmt=fmt, metrics=metrics if fmt != "csv" else None))
@@ -203,16 +239,17 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
     if figures:
         groups: dict[tuple, list[dict]] = {}
         for r in results:
-            bench, strat, gh = _key(r)
-            groups.setdefault((bench, strat, gh[:12]), []).append(r)
+            bench, strat, gh, ident = _key(r, pool)
+            groups.setdefault((bench, strat, gh[:12], ident), []).append(r)
         by_bench: dict[str, list[tuple[dict, list[dict]]]] = {}
         for row in rows:
-            rs = groups[(row["benchmark"], row["strategy"], row["group_hash"])]
+            rs = groups[(row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])]
             shape = {len(r["accuracy_matrix"]) for r in rs}
             if len(shape) > 1:  # not comparable cell by cell: draw the first shape only
                 rs = [r for r in rs if len(r["accuracy_matrix"]) == len(rs[0]["accuracy_matrix"])]
             by_bench.setdefault(row["benchmark"], []).append((row, rs))
-            stem = _slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}")
+            ident = "" if pool else "_" + row["identity"].replace("/", "-")
+            stem = _slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}{ident}")
             written.append(plots.save(plots.heatmap_figure(rs, row["label"]), out / f"heatmap_{stem}.png"))
             written.append(plots.save(plots.task_curves_figure(rs, row["label"]), out / f"tasks_{stem}.png"))
             fig = plots.anytime_figure(rs, row["label"])
@@ -229,7 +266,8 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
     return {"rows": rows, "files": [str(p) for p in written]}
 
 
-def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[str]] = None, stream=None) -> dict:
+def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[str]] = None, stream=None,
+           pool: bool = False) -> dict:
     """Everything `clbench report` does: load, print the table, write files (default: PATH/report)."""
     stream = stream or sys.stdout
     results = load_results(path)
@@ -237,8 +275,9 @@ def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[
         raise FileNotFoundError(f"no result.json found under {path} (give a run folder or a folder of runs)")
     p = Path(path)
     out_dir = Path(out_dir) if out_dir else (p.parent if p.is_file() else p) / "report"
-    info = write_report(results, out_dir, figures=figures, metrics=metrics)
+    info = write_report(results, out_dir, figures=figures, metrics=metrics, pool=pool)
     print(f"{len(results)} run(s) in {len(info['rows'])} configuration(s) under {path}", file=stream)
+    _note_split_groups(info["rows"], stream)
     print(render_table(info["rows"], metrics=metrics), file=stream)
     print(f"wrote {len(info['files'])} file(s) to {out_dir}:", file=stream)
     for f in info["files"]:

@@ -12,7 +12,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -179,13 +178,9 @@ class RunDir:
 
 
 def git_commit() -> Optional[str]:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """The commit of the git checkout clbench is imported from (None otherwise); see clbench.provenance."""
+    from clbench.provenance import git_state
+    return git_state()["git_commit"]
 
 
 def environment(device) -> dict:

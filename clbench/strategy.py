@@ -200,6 +200,9 @@ class Strategy:
         else:
             self.experience = exp
         data = self.training_data(exp)
+        if data is not None and not isinstance(data, TensorSplit):
+            raise PluginError(f"strategy '{type(self).__name__}' ({type(self).__module__}): hook training_data(exp) must "
+                              f"return a clbench.stream.TensorSplit or None, got a {type(data).__name__}")
         if data is not None and len(data) > 0:
             yield from self.fit(data)
         self.end_experience(exp)
@@ -220,11 +223,13 @@ class Strategy:
             cb.before_experience(self, exp)
 
     def fit(self, data: TensorSplit) -> Iterator[int]:
-        """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position."""
+        """`train.epochs` passes of shuffled minibatches over `data`, from the saved loop position; yields the
+        number of stream samples of each step."""
         loop, bs = self.loop, int(self.train_cfg["batch_size"])
         while loop["epoch"] < int(self.train_cfg["epochs"]):
-            if loop["order"] is None:
-                loop["order"] = torch.randperm(len(data), generator=self.generator).to(data.device)
+            if loop["order"] is None:     # an online split is consumed in its arrival order, never shuffled
+                loop["order"] = (torch.arange(len(data), device=data.device) if data.arrival_order else
+                                 torch.randperm(len(data), generator=self.generator).to(data.device))
             while loop["pos"] < len(data):
                 pos = loop["order"][loop["pos"]:loop["pos"] + bs]
                 batch = data.get(pos)
@@ -243,10 +248,18 @@ class Strategy:
 
     def step(self, batch: Batch) -> Tensor:
         """One training step, wrapped by the callbacks' around_step (first callback outermost)."""
+        if not self.callbacks:
+            return self.train_step(batch)
         step = self.train_step
         for cb in reversed(self.callbacks):
             step = functools.partial(cb.around_step, self, step=step)
-        return step(batch)
+        before = self.global_step
+        loss = step(batch)
+        if self.global_step != before + 1:
+            names = ", ".join(f"'{type(cb).__name__}' ({type(cb).__module__})" for cb in self.callbacks)
+            raise PluginError(f"callback {names}: hook around_step(strategy, batch, step) must call step(batch) exactly "
+                              f"once, but the strategy took {self.global_step - before} steps")
+        return loss
 
     def train_step(self, batch: Batch) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -308,11 +321,9 @@ class Strategy:
 
     def mask_logits(self, logits: Tensor, t: Tensor) -> Tensor:
         """Keep only the logits of each sample's task (multi-head task-IL)."""
-        mask = self.class_mask
-        if int(t.max()) >= mask.shape[0]:     # a task not seen yet: no head to mask to
-            mask = torch.cat([mask, torch.ones(int(t.max()) + 1 - mask.shape[0], mask.shape[1],
-                                               dtype=torch.bool, device=mask.device)])
-        return logits.masked_fill(~mask[t], torch.finfo(logits.dtype).min)
+        # task-IL declares every task's classes up front, so the mask has a row for every task (no data-dependent
+        # control flow here: this runs under torch.func.vmap for per-sample gradients)
+        return logits.masked_fill(~self.class_mask[t], torch.finfo(logits.dtype).min)
 
     def forward(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
         """Training forward pass: logits, masked to the task's head when the setting is task-IL."""

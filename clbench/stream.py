@@ -30,6 +30,8 @@ class TensorSplit:
     Several splits share the same base tensors; only the index vector is per split.
     """
 
+    arrival_order = False   # True for an online split: training consumes it in order, never shuffled
+
     def __init__(self, x: Tensor, y: Tensor, indices: Optional[Tensor] = None, task: int | Tensor = 0,
                  transform: Optional[Transform] = None):
         if indices is None:
@@ -138,6 +140,7 @@ class Experience:
         n = len(self.train)
         b = self.train.get(torch.arange(n, device=self.train.device))
         data = TensorSplit(b.x.clone(), b.y.clone(), task=b.t.clone())
+        data.arrival_order = self.train.arrival_order
         return Experience(index=self.index, train=data, task_ids=list(self.task_ids), classes=list(self.classes),
                           task_visible_at_test=self.task_visible_at_test, kind=self.kind)
 
@@ -201,7 +204,7 @@ class Stream:
                      description={**self.description, "first_experiences": {"k": k, "of": len(self.experiences)}},
                      learned_at=None if learned == list(range(len(keep))) else learned,
                      val_tasks=pick(self.val_tasks))
-        for attr in ("dataset",):
+        for attr in ("dataset", "loaded_dataset"):
             if hasattr(self, attr):
                 setattr(out, attr, getattr(self, attr))
         return out
@@ -212,7 +215,7 @@ class Stream:
             "scenario": self.name,
             "setting": self.setting,
             "n_experiences": len(self.experiences),
-            "n_eval_tasks": len(self.eval_tasks),
+            "n_eval_tasks": len(self.eval_tasks or self.val_tasks),
             "n_classes": self.n_classes,
             "learned_at": self.learned_rows(),
             "experiences": [

@@ -8,8 +8,12 @@
    configs/sweep/ gives the same things as data.
 2. Plan: the cartesian product of the axes; each cell is composed here, in the parent, so a typo fails
    before any run starts, and gets its deterministic run id (same config + seed -> same id).
-3. Resume: a run whose `<out>/<run_id>/result.json` is complete is skipped; the others (never run,
-   crashed, failed) run again. Runs publish atomically, so a complete result is never half-written.
+3. Resume: a run whose `<out>/<run_id>/result.json` is complete and was made by the current code on
+   the current data (its provenance code_hash and data_hash, clbench/provenance.py) is skipped; the
+   others (never run, crashed, failed, or from other code or data) run again. A complete result from
+   other code or data is moved to `<out>/superseded/` first, and the console says so; `reuse=any`
+   keeps every complete result whatever made it. Runs publish atomically, so a complete result is
+   never half-written.
 4. Execute on an executor (clbench/executors.py); each finished run updates the manifest
    `<out>/sweep.json` (written atomically) and a progress bar; a failure is recorded with its
    traceback in `<out>/failed/<run_id>.txt` and does not stop the others.
@@ -34,16 +38,21 @@ from typing import Any, Optional
 import yaml
 
 from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
+from clbench.errors import bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic, write_text_atomic
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
 # Keys that configure the sweep itself; everything else is a run override.
-SWEEP_KEYS = ("executor", "workers", "threads", "name", "sweep", "tuned")
+SWEEP_KEYS = ("executor", "workers", "threads", "name", "sweep", "reuse", "tuned")
 SWEEP_SECTIONS = ("ray", "submitit")
-SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "ray", "submitit",
+SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "reuse", "ray", "submitit",
                    "overrides", "grid")
+# reuse=same: a complete run counts only if made by the current code on the current data;
+# reuse=any: every complete run counts (results from other code are kept, and reported apart).
+REUSE = ("same", "any")
+SUPERSEDED = "superseded"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +240,7 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         description = str(data.get("description", "") or "")
         name = data.get("name") or Path(source).stem
         out = data.get("out")
-        for k in ("executor", "workers", "threads"):
+        for k in ("executor", "workers", "threads", "reuse"):
             if k in data:
                 settings[k] = data[k]
         for section in SWEEP_SECTIONS:
@@ -273,7 +282,9 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         name = Path(out).name if out else "sweep-" + hashlib.sha256(
             json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
-        raise ConfigError(f"bad value for 'name': {name!r} (use letters, digits, '_', '.', '+', '-')")
+        raise bad_value("name", f"{name!r} (use letters, digits, '_', '.', '+', '-')")
+    if settings.get("reuse", "same") not in REUSE:
+        raise bad_value("reuse", f"expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)
     return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
                      source=source, description=description, tuning=tuning)
@@ -388,6 +399,50 @@ def _clean_stale(out: Path, run_id: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def supersede_other_code(out: Path, complete: list[PlannedRun], log) -> dict[str, dict]:
+    """Move aside each complete run whose recorded code or data identity is not the current one (so
+    it re-runs) into <out>/superseded/<run_id>.<code8>-<data8>/; returns {run_id: what moved and why}.
+    Nothing is deleted: `clbench report <out>` still finds the old results and shows them as their own
+    groups. Data that cannot be loaded here (e.g. it lives only on the workers) is not compared."""
+    from clbench.provenance import code_identity, current_identity, describe_change, identity
+    moved: dict[str, dict] = {}
+    data_now: dict[str, Optional[str]] = {}   # one load per dataset config, for this sweep
+    unchecked = set()
+    for r in complete:
+        old = identity(load_result(out / r.run_id))
+        dkey = json.dumps([r.cfg["dataset"], r.cfg["data"]], sort_keys=True, default=str)
+        if dkey not in data_now:
+            try:
+                data_now[dkey] = current_identity(r.cfg)[1]
+            except Exception as e:  # noqa: BLE001 - any failure to load means "cannot compare the data"
+                data_now[dkey] = None
+                unchecked.add(f"{r.cfg['dataset'].get('name')}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        new = (code_identity(r.cfg)["code_hash"], data_now[dkey] or old[1])
+        if old == new:
+            continue
+        base = f"{r.run_id}.{(old[0] or 'none')[:8]}-{(old[1] or 'none')[:8]}"
+        dest, k = out / SUPERSEDED / base, 1
+        while dest.exists():
+            k += 1
+            dest = out / SUPERSEDED / f"{base}_{k}"
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(out / r.run_id, dest)
+        moved[r.run_id] = {"to": str(dest.relative_to(out)), "because": describe_change(old, new)}
+    for what in sorted(unchecked):
+        print(f"clbench sweep: note: data identity not checked ({what}); complete runs are compared by code only",
+              file=log, flush=True)
+    if moved:
+        print(f"clbench sweep: {len(moved)} complete run(s) came from other code or data: re-running them; the old "
+              f"results were moved to {out / SUPERSEDED}/ (not deleted; reuse=any keeps them in place instead)",
+              file=log, flush=True)
+        for i, (rid, m) in enumerate(moved.items()):
+            if i == 10:
+                print(f"  ... and {len(moved) - 10} more (see 'superseded' in {out / MANIFEST})", file=log)
+                break
+            print(f"  {rid}: {m['because']} -> {m['to']}", file=log, flush=True)
+    return moved
+
+
 def _publish_here(out: Path, run_id: str, result: dict) -> None:
     """A run that finished on another machine without a shared folder: publish its result.json here."""
     rd = RunDir(str(out), run_id, overwrite=True)
@@ -452,8 +507,12 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
     failed_dir = out / "failed"
     status: dict[str, dict] = {}
     todo: list[PlannedRun] = []
+    complete = [r for r in runs if is_complete(out / r.run_id)]
+    moved = {} if spec.settings.get("reuse", "same") == "any" else supersede_other_code(out, complete, log)
     for r in runs:
         entry = {"run_id": r.run_id, "overrides": r.overrides, "label": r.label, "status": "pending"}
+        if r.run_id in moved:
+            entry["superseded"] = moved[r.run_id]
         if is_complete(out / r.run_id):
             entry["status"] = "cached"
             (failed_dir / f"{r.run_id}.txt").unlink(missing_ok=True)

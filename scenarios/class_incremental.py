@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError, bad_value
+from clbench.hparams import HP
 from clbench.scenarios.common import check_stream
 from clbench.stream import EvalTask, Experience, Stream, TensorSplit
 
@@ -23,19 +24,19 @@ def class_groups(n_classes: int, n_experiences: int, class_order: Optional[Seque
     else:
         order = [int(c) for c in class_order]
         if sorted(order) != list(range(n_classes)):
-            raise ConfigError(f"bad value for 'scenario.class_order': expected a permutation of 0..{n_classes - 1}, "
+            raise bad_value("scenario.class_order", f"expected a permutation of 0..{n_classes - 1}, "
                               f"got {order}")
     if first_increment:
         rest = n_classes - int(first_increment)
         if n_experiences < 2 or rest % (n_experiences - 1) != 0:
-            raise ConfigError(f"bad value for 'scenario.first_increment': {n_classes} classes minus a first "
+            raise bad_value("scenario.first_increment", f"{n_classes} classes minus a first "
                               f"experience of {first_increment} do not split evenly into {n_experiences - 1} "
                               f"experiences")
         step = rest // (n_experiences - 1)
         sizes = [int(first_increment)] + [step] * (n_experiences - 1)
     else:
         if not isinstance(n_experiences, int) or n_experiences < 1 or n_classes % n_experiences != 0:
-            raise ConfigError(f"bad value for 'scenario.n_experiences': {n_classes} classes do not split evenly "
+            raise bad_value("scenario.n_experiences", f"{n_classes} classes do not split evenly "
                               f"into {n_experiences} experiences (choose a divisor of {n_classes}, or set "
                               f"scenario.first_increment)")
         sizes = [n_classes // n_experiences] * n_experiences
@@ -66,6 +67,12 @@ class ClassIncremental:
 
     setting = "class-il"
     task_visible_at_test = False
+    hparams = {
+        "n_experiences": HP(5, "experiences (class groups); must divide the number of classes", low=1),
+        "class_order": HP(None, "explicit class order (a permutation of 0..C-1); null: drawn from the stream seed",
+                          type=list, items=int, low=0),
+        "first_increment": HP(None, "classes in the first experience (the rest split evenly)", type=int, low=1),
+    }
 
     def __init__(self, n_experiences: int = 5, class_order: Optional[list] = None,
                  first_increment: Optional[int] = None):

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError, bad_value
 from clbench.stream import EvalTask, Experience, MixedSplit, Stream, TensorSplit
 
 SETTINGS = ("class-il", "task-il", "domain-il")
@@ -65,7 +65,7 @@ def random_subset(n: int, k: Optional[int], g: torch.Generator) -> Tensor:
 
 def check_positive_int(value, key: str, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"bad value for 'scenario.{key}': expected an integer >= {minimum}, got {value!r}")
+        raise bad_value(f"scenario.{key}", f"expected an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -118,6 +118,8 @@ class ArrivalOrderSplit(TensorSplit):
     """An online split: samples arrive in one fixed order (drawn from the stream seed when the stream is
     built), so `batches()` yields them in that order whatever `shuffle` says. With train.epochs=1 (which
     online streams require) every sample is seen exactly once, in small arriving batches."""
+
+    arrival_order = True   # position p is the (p+1)-th sample training consumes (anytime exposure relies on it)
 
     def batches(self, batch_size: int, shuffle: bool = True, generator: Optional[torch.Generator] = None):
         return super().batches(batch_size, shuffle=False)

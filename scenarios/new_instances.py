@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from clbench.hparams import HP
 from clbench.scenarios.common import check_positive_int, check_stream, generator
 from clbench.stream import EvalTask, Experience, Stream, TensorSplit
 
@@ -28,6 +29,11 @@ def instance_chunks(y: torch.Tensor, n: int, seed: int, stratified: bool) -> lis
 
 class NewInstances:
     """Domain-incremental new instances: disjoint chunks of the training set, every class in each."""
+
+    hparams = {
+        "n_experiences": HP(5, "disjoint chunks of the training set", low=1),
+        "stratified": HP(True, "split every class evenly over the chunks (false: a random split)"),
+    }
 
     setting = "domain-il"
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from clbench.hparams import HP
 from clbench.scenarios.common import PixelMap, check_positive_int, generator, pixel_map_stream
 from clbench.stream import Stream
 
@@ -27,6 +28,13 @@ class Permuted:
     """Domain-incremental permuted inputs: one fixed pixel permutation per task, one shared head."""
 
     setting = "domain-il"
+
+    hparams = {
+        "n_experiences": HP(10, "tasks, each with its own fixed pixel permutation (seeded by the stream seed)", low=1),
+        "keep_first_unpermuted": HP(False, "task 1 unpermuted (OWM's variant); false: every task permuted (GPM)"),
+        "train_samples_per_task": HP(None, "a random subset of the training set per task (GEM: 1000); null: all",
+                                     type=int, low=1),
+    }
 
     def __init__(self, n_experiences: int = 10, keep_first_unpermuted: bool = False,
                  train_samples_per_task: Optional[int] = None):

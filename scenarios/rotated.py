@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError, bad_value
+from clbench.hparams import HP
 from clbench.scenarios.common import PixelMap, check_positive_int, generator, pixel_map_stream
 from clbench.stream import Stream
 
@@ -54,23 +55,34 @@ class Rotated:
 
     setting = "domain-il"
 
+    hparams = {
+        "n_experiences": HP(None, "tasks (default 10; with explicit angles: their number)", type=int, low=1),
+        "angles": HP(None, "explicit rotation angle (degrees) per task; null: drawn from the stream seed",
+                     type=list, items=float),
+        "angle_range": HP([0.0, 180.0], "[low, high) of the drawn angles (degrees)", type=list, items=float),
+        "train_samples_per_task": HP(None, "a random subset of the training set per task (GEM: 1000); null: all",
+                                     type=int, low=1),
+        "angle_draw": HP("slices", "slices: task t's angle uniform in the t-th of n equal slices (GEM); uniform: "
+                                   "every angle uniform over the whole range (Mammoth)", choices=("slices", "uniform")),
+    }
+
     def __init__(self, n_experiences: Optional[int] = None, angles: Optional[list] = None,
                  angle_range: tuple = (0.0, 180.0), train_samples_per_task: Optional[int] = None,
                  angle_draw: str = "slices"):
         if angle_draw not in ("slices", "uniform"):
-            raise ConfigError(f"bad value for 'scenario.angle_draw': expected slices (GEM) or uniform (Mammoth), "
+            raise bad_value("scenario.angle_draw", f"expected slices (GEM) or uniform (Mammoth), "
                               f"got {angle_draw!r}")
         self.angle_draw = angle_draw
         if angles is not None:
             if n_experiences is not None and int(n_experiences) != len(angles):
-                raise ConfigError(f"bad value for 'scenario.angles': {len(angles)} angles for "
+                raise bad_value("scenario.angles", f"{len(angles)} angles for "
                                   f"n_experiences={n_experiences} (set n_experiences=null or match them)")
             self.angles = [float(a) for a in angles]
             if not self.angles:
-                raise ConfigError("bad value for 'scenario.angles': expected a non-empty list of degrees")
+                raise bad_value("scenario.angles", "expected a non-empty list of degrees")
         else:
             if len(angle_range) != 2 or not angle_range[0] < angle_range[1]:
-                raise ConfigError(f"bad value for 'scenario.angle_range': expected [low, high] with low < high, "
+                raise bad_value("scenario.angle_range", f"expected [low, high] with low < high, "
                                   f"got {angle_range!r}")
             self.angles = None
         # without explicit angles: n_experiences angles drawn as in GEM (10 when not given)

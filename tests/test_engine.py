@@ -110,7 +110,8 @@ def test_builtins_are_discovered_through_entry_points():
 def test_anytime_evaluation_records_curves_without_changing_training(tmp_path):
     plain, _ = run([f"out={tmp_path}", *FAST, "strategy=naive"], console=False)
     every = 10
-    r, _ = run([f"out={tmp_path}", *FAST, "strategy=naive", f"eval.every_steps={every}"], console=False)
+    r, _ = run([f"out={tmp_path}", *FAST, "strategy=naive", f"eval.every_steps={every}",
+                "eval.anytime_accuracy=seen_tasks"], console=False)   # the v1 rule, still nameable
     assert r["accuracy_matrix"] == plain["accuracy_matrix"]      # evaluation does not perturb training
     a = r["anytime"]
     total_steps = a["row_steps"][-1]

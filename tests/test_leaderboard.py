@@ -53,10 +53,14 @@ def test_valid_submission_passes(naive):
     assert sub["config_hash"] == config_hash(sub["config"]) == seed_free_hash(
         json.loads((naive["dirs"][0] / "result.json").read_text())["config"])
     assert "seed" not in sub["config"] and "stream_seed" not in sub["config"]
-    # the method record names the plugin package and hashes the strategy's source files
+    # the method record names the plugin package and the code the runs recorded (not the installed code):
+    # every module they loaded, the strategy's and clbench's core (engine, evaluator, data) alike
     m = sub["method"]
     assert m["package"] == "clbench" and m["strategy"] == "naive"
-    assert set(m["sources"]) == {"clbench.strategies.naive", "clbench.strategy"}
+    assert {"clbench.strategies.naive", "clbench.strategy", "clbench.engine", "clbench.evaluator"} <= set(m["sources"])
+    recorded = json.loads((naive["dirs"][0] / "result.json").read_text())["provenance"]
+    assert m["sources"] == recorded["modules"] and m["source_hash"] == recorded["code_hash"]
+    assert all(r["provenance"]["code_hash"] == m["source_hash"] for r in sub["runs"])
     # each seed carries its full R, initial row and learned_at; the summary is mean/std/n over the seeds
     r0 = sub["runs"][0]
     assert len(r0["accuracy_matrix"]) == 5 and all(len(row) == 5 for row in r0["accuracy_matrix"])

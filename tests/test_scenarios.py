@@ -176,7 +176,7 @@ def test_power_law_weights_and_counts_hand_computed():
 def test_power_law_stream_follows_the_schedule():
     ds = small_dataset(n_per_class=6)
     base = {"name": "permuted", "n_experiences": 4}
-    stream = PowerLaw(base=base, budget=10, counts="largest_remainder").build(ds, 2)
+    stream = PowerLaw(base=base, budget=10, counts="largest_remainder", lag="introduced").build(ds, 2)
     kinds = [(e.kind, e.train.task_counts()) for e in stream.experiences]
     # phase 1: task 0 gets all 10; phase 2: lags (2, 1) -> 10 * (1/3, 2/3) -> [3, 7]; phase 3: [2, 3, 5]
     assert kinds == [("new", {0: 24}), ("new", {1: 24}), ("rehearsal", {0: 10}),
@@ -201,7 +201,7 @@ def test_power_law_stream_follows_the_schedule():
 def test_power_law_mixed_mode_last_seen_lag_and_controls():
     ds = small_dataset()
     base = {"name": "permuted", "n_experiences": 4}
-    mixed = PowerLaw(base=base, budget=10, counts="largest_remainder", mode="mixed").build(ds, 0)
+    mixed = PowerLaw(base=base, budget=10, counts="largest_remainder", mode="mixed", lag="introduced").build(ds, 0)
     assert [(e.kind, e.train.task_counts()) for e in mixed.experiences] == [
         ("new", {0: 24}), ("new", {0: 10, 1: 24}), ("new", {0: 3, 1: 7, 2: 24}), ("new", {0: 2, 1: 3, 2: 5, 3: 24})]
     assert mixed.learned_rows() == [0, 1, 2, 3]
@@ -219,7 +219,8 @@ def test_power_law_mixed_mode_last_seen_lag_and_controls():
 
 
 def test_power_law_on_class_incremental_base(digits):
-    stream = PowerLaw(base={"name": "class_incremental", "n_experiences": 5}, budget=40).build(digits, 0)
+    stream = PowerLaw(base={"name": "class_incremental", "n_experiences": 5}, budget=40,
+                      lag="introduced").build(digits, 0)
     assert stream.setting == "class-il" and len(stream) == 9
     reh = [e for e in stream.experiences if e.kind == "rehearsal"]
     assert [sorted(e.train.task_counts()) for e in reh] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
@@ -232,7 +233,8 @@ def test_power_law_on_class_incremental_base(digits):
 # ----- blurry / online ------------------------------------------------------------------------------
 
 def test_blurry_ratio_and_disjoint_classes(digits):
-    stream = Blurry(n_experiences=5, class_order=list(range(10)), blur=0.2, disjoint_ratio=0.5).build(digits, 0)
+    stream = Blurry(n_experiences=5, class_order=list(range(10)), blur=0.2, disjoint_ratio=0.5,
+                    blur_mode="moved").build(digits, 0)   # the v1 rule
     d = stream.describe()
     assert d["disjoint_classes"] == [0, 2, 4, 6, 8]
     idx = torch.cat([e.train.indices for e in stream.experiences])
@@ -335,7 +337,7 @@ def test_split_mnist_end_to_end_on_a_subset(mnist_root, tmp_path):
 def test_power_law_pmnist_end_to_end_on_a_subset(mnist_root, tmp_path):
     result, _ = run(["benchmark=power-law-pmnist", "strategy=naive", f"data.root={mnist_root}",
                      "dataset.train_per_class=20", "dataset.test_per_class=20", "scenario.base.n_experiences=3",
-                     "scenario.budget=30", "scenario.counts=largest_remainder", "wandb.mode=disabled",
+                     "scenario.budget=30", "scenario.counts=largest_remainder", "scenario.lag=introduced", "wandb.mode=disabled",
                      "device=cpu", "progress=false", f"out={tmp_path}"], console=False)
     s = result["stream"]
     # phase 1: 30 of task 0; phase 2: lags (2, 1) -> 30 * (1/3, 2/3) = [10, 20]

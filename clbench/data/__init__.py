@@ -3,17 +3,28 @@
 A loader is registered in the `clbench.datasets` entry-point group and called as
 `loader(root=..., download=..., **options)`. Normalisation is part of the model (its first layer), so
 raw tensors stay compact (uint8 images) everywhere, replay buffers included.
+
+Every loader's output goes through `clbench.data.checks.check_dataset` here, in `load_dataset`: corrupt
+data is refused with one line naming the file. Loaders hand labels over as read (any integer dtype, or
+floats); the check refuses anything that is not a whole number and makes them int64, so a loader must
+not turn float labels into integers itself (that would truncate 2.7 to 2 before anyone could see it).
+A loader names the files it read in `sources` ({"x_train": path, "y_train": path, ...}); the messages
+cite them, and the data fingerprint of a run (clbench/provenance.py) is cached per process while those
+files are unchanged.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
+import json
+import os
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from clbench.config import ConfigError
+from clbench.errors import ConfigError, bad_value
+from clbench.data.checks import check_dataset, warn_short_classes
 from clbench.registry import DATASETS
 
 
@@ -31,6 +42,8 @@ class TensorDataset:
     std: tuple
     x_val: Optional[Tensor] = None   # validation split held out of the training data (eval.validation)
     y_val: Optional[Tensor] = None
+    sources: dict = field(default_factory=dict)   # tensor name -> the file (or folder) it was read from
+    test_may_lack_classes: bool = False           # a class with no test samples is a warning, not an error
 
     def to(self, device) -> "TensorDataset":
         for name in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val"):
@@ -76,9 +89,10 @@ def limit_per_class(ds: TensorDataset, train_per_class=None, test_per_class=None
         if k is None or getattr(ds, f"y_{split}") is None:
             continue
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"bad value for 'dataset.{split}_per_class': expected an integer >= 1 or null, "
+            raise bad_value(f"dataset.{split}_per_class", f"expected an integer >= 1 or null, "
                               f"got {k!r}")
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        warn_short_classes(ds, split, k, y)
         idx = per_class_subset(y.cpu(), k).to(y.device)
         setattr(ds, f"x_{split}", x[idx])
         setattr(ds, f"y_{split}", y[idx])
@@ -104,8 +118,11 @@ def load_dataset(cfg: dict, device: torch.device, test: bool = True) -> TensorDa
                           f"{', '.join(params + ['train_per_class', 'test_per_class'])}") from None
     ds = loader(root=cfg["data"]["root"], download=bool(cfg["data"]["download"]), **options)
     if not test:
-        ds.x_test = ds.y_test = None
-    return limit_per_class(ds, **limits).to(device)
+        ds.x_test = ds.y_test = None     # nothing below (checks, limits, fingerprint) reads them
+    ds = check_dataset(ds)
+    ds = limit_per_class(ds, **limits)
+    ds.source_key = source_key(cfg["dataset"]["name"], options, limits, ds.sources, test)
+    return ds.to(device)
 
 
 def holdout_validation(ds: TensorDataset, fraction: float, seed: int) -> TensorDataset:
@@ -134,3 +151,26 @@ def holdout_validation(ds: TensorDataset, fraction: float, seed: int) -> TensorD
     if getattr(ds, "subset", None):
         out.subset = ds.subset
     return out
+
+
+
+def _stamp(path: str) -> list:
+    """(path, size, mtime) of a file, or of every file under a folder: what identifies its content cheaply."""
+    p = os.path.abspath(path)
+    if os.path.isdir(p):
+        return [_stamp(os.path.join(d, f))[0] for d, _, files in sorted(os.walk(p)) for f in sorted(files)]
+    st = os.stat(p)
+    return [(p, st.st_size, st.st_mtime_ns)]
+
+
+def source_key(name: str, options: dict, limits: dict, sources: dict, test: bool = True):
+    """What a loaded dataset is a function of: the loader, its options, and the files it read (as they
+    are now). None when the loader names no files (its fingerprint is then never cached)."""
+    if not sources:
+        return None
+    try:
+        stamps = {k: _stamp(str(v)) for k, v in sorted(sources.items())}
+    except OSError:
+        return None
+    return json.dumps([name, options, limits, stamps, test], sort_keys=True, default=str)
+

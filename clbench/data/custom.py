@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from clbench.data import TensorDataset, channel_stats
+from clbench.data.checks import check_dataset, integer_labels, source_of
 from clbench.data.vision import DatasetNotFoundError
+from clbench.errors import DataError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -53,44 +55,57 @@ def _default_scale(x: torch.Tensor) -> float:
 
 
 def make_dataset(name: str, x_tr, y_tr, x_te, y_te, n_classes: Optional[int] = None,
-                 scale: Optional[float] = None) -> TensorDataset:
-    """Validate arrays and wrap them as a TensorDataset (statistics from the training inputs)."""
+                 scale: Optional[float] = None, sources: Optional[dict] = None, class_names: Optional[list] = None,
+                 test_may_lack_classes: bool = False) -> TensorDataset:
+    """Wrap arrays as a checked TensorDataset (statistics from the training inputs); `sources` names the
+    file each array came from, for error messages."""
+    sources = sources or {}
     x_tr, x_te = _channels_first(torch.as_tensor(x_tr)), _channels_first(torch.as_tensor(x_te))
-    y_tr, y_te = torch.as_tensor(y_tr).long().reshape(-1), torch.as_tensor(y_te).long().reshape(-1)
-    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
-        raise ValueError(f"dataset '{name}': inputs and labels differ in length "
-                         f"(train {len(x_tr)} vs {len(y_tr)}, test {len(x_te)} vs {len(y_te)})")
-    if x_tr.shape[1:] != x_te.shape[1:]:
-        raise ValueError(f"dataset '{name}': train inputs {tuple(x_tr.shape[1:])} and test inputs "
-                         f"{tuple(x_te.shape[1:])} differ in shape")
-    k = int(n_classes) if n_classes else int(max(y_tr.max(), y_te.max())) + 1
-    if min(y_tr.min(), y_te.min()) < 0 or max(y_tr.max(), y_te.max()) >= k:
-        raise ValueError(f"dataset '{name}': labels must be integers in 0..{k - 1}")
+    y_tr, y_te = (integer_labels(y, source_of(name, sources, k)) for y, k in ((y_tr, "y_train"), (y_te, "y_test")))
+    labelled = [y for y in (y_tr, y_te) if len(y)]   # an empty split is named by check_dataset below
+    k = int(n_classes) if n_classes else int(max(y.max() for y in labelled)) + 1 if labelled else 1
     if x_tr.dtype == torch.bool:
         x_tr, x_te = x_tr.to(torch.uint8), x_te.to(torch.uint8)
     s = float(scale) if scale else _default_scale(x_tr)
-    mean, std = channel_stats(x_tr, s)
-    std = tuple(v if v > 0 else 1.0 for v in std)  # a constant channel must not divide by zero
-    return TensorDataset(name, x_tr, y_tr, x_te, y_te, n_classes=k, input_shape=tuple(x_tr.shape[1:]),
-                         scale=s, mean=mean, std=std)
+    ds = TensorDataset(name, x_tr, y_tr, x_te, y_te, n_classes=k, input_shape=tuple(x_tr.shape[1:]), scale=s,
+                       mean=(), std=(), sources=sources, test_may_lack_classes=test_may_lack_classes)
+    if class_names is not None:
+        ds.class_names = class_names  # named in messages about a class (e.g. an empty class folder)
+    check_dataset(ds)
+    mean, std = channel_stats(ds.x_train, s)
+    ds.mean, ds.std = mean, tuple(v if v > 0 else 1.0 for v in std)  # a constant channel must not divide by 0
+    return ds
+
+
+def _read_arrays(p: Path) -> dict:
+    """The arrays of a .npz or .pt file; an unreadable file is a DataError naming it (never unpickled)."""
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        arrays = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickled objects, not a torch file, ...
+        raise DataError(f"'{p}': cannot be read as a {p.suffix} file of arrays ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if not isinstance(arrays, dict):
+        raise DataError(f"'{p}': expected a dict of tensors (torch.save({{'x_train': ..., ...}})), "
+                        f"got {type(arrays).__name__}")
+    return arrays
 
 
 def load_tensors(root="data", download=False, path: Optional[str] = None, n_classes: Optional[int] = None,
                  scale: Optional[float] = None) -> TensorDataset:
     """Arrays from a .npz (numpy) or .pt (torch) file with keys x_train, y_train, x_test, y_test."""
     p = _resolve(path, root, "tensors")
-    if p.suffix == ".npz":
-        with np.load(p) as f:
-            arrays = {k: f[k] for k in f.files}
-    elif p.suffix in (".pt", ".pth"):
-        arrays = torch.load(p, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"dataset 'tensors': '{p}' must be a .npz or .pt/.pth file")
+    if p.suffix not in (".npz", ".pt", ".pth"):
+        raise DataError(f"dataset 'tensors': '{p}' must be a .npz or .pt/.pth file")
+    arrays = _read_arrays(p)
     missing = [k for k in KEYS if k not in arrays]
     if missing:
-        raise ValueError(f"dataset 'tensors': '{p}' lacks {', '.join(missing)} "
-                         f"(expected keys: {', '.join(KEYS)}; found: {', '.join(sorted(arrays))})")
-    return make_dataset(p.stem, *(arrays[k] for k in KEYS), n_classes=n_classes, scale=scale)
+        raise DataError(f"dataset 'tensors': '{p}' lacks {', '.join(missing)} "
+                        f"(expected keys: {', '.join(KEYS)}; found: {', '.join(sorted(map(str, arrays)))})")
+    return make_dataset(p.stem, *(arrays[k] for k in KEYS), n_classes=n_classes, scale=scale,
+                        sources={k: str(p) for k in KEYS})
 
 
 def _read_images(folder: Path, classes: list[str], size, mode: Optional[str]):
@@ -100,16 +115,21 @@ def _read_images(folder: Path, classes: list[str], size, mode: Optional[str]):
     for label, name in enumerate(classes):
         files = sorted(f for f in (folder / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         for f in files:
-            with Image.open(f) as img:
-                img = img.convert(mode) if mode else (img if img.mode in ("L", "RGB") else img.convert("RGB"))
-                if size is not None:
-                    img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
-                a = np.asarray(img, dtype=np.uint8)
+            try:
+                with Image.open(f) as img:
+                    img = img.convert(mode) if mode else (img if img.mode in ("L", "RGB") else img.convert("RGB"))
+                    if size is not None:
+                        img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+                    a = np.asarray(img, dtype=np.uint8)
+            except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for corrupt or truncated files
+                raise DataError(f"'{f}': cannot be read as an image ({type(e).__name__}: {e})") from None
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(label)
+    if not xs:
+        raise DataError(f"'{folder}': no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
-        raise ValueError(f"dataset 'image_folder': images in '{folder}' differ in size or channels "
+        raise DataError(f"dataset 'image_folder': images in '{folder}' differ in size or channels "
                          f"({sorted(shapes)[:3]}...); set dataset.size=[H, W] and/or dataset.mode=L|RGB")
     return np.stack(xs), np.asarray(ys)
 
@@ -128,12 +148,12 @@ def load_image_folder(root="data", download=False, path: Optional[str] = None, s
     classes = sorted(d.name for d in splits["train"].iterdir() if d.is_dir())
     test_classes = sorted(d.name for d in splits["test"].iterdir() if d.is_dir())
     if not classes or set(test_classes) - set(classes):
-        raise ValueError(f"dataset 'image_folder': train classes {classes} must be non-empty and include "
+        raise DataError(f"dataset 'image_folder': train classes {classes} must be non-empty and include "
                          f"every test class {test_classes}")
     x_tr, y_tr = _read_images(splits["train"], classes, size, mode)
     x_te, y_te = _read_images(splits["test"], [c for c in classes if c in test_classes], size, mode)
     # Test labels must use the train ids even when the test set lacks some classes.
     y_te = np.asarray([classes.index(c) for c in [c for c in classes if c in test_classes]])[y_te]
-    ds = make_dataset(base.name, x_tr, y_tr, x_te, y_te, n_classes=len(classes), scale=255.0)
-    ds.class_names = classes
-    return ds
+    return make_dataset(base.name, x_tr, y_tr, x_te, y_te, n_classes=len(classes), scale=255.0,
+                        sources={f"{v}_{s}": str(splits[s]) for s in splits for v in ("x", "y")},
+                        class_names=classes, test_may_lack_classes=True)

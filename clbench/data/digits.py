@@ -1,6 +1,8 @@
 """scikit-learn's handwritten digits (8x8, 10 classes): ships inside scikit-learn, so it runs offline."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -9,6 +11,7 @@ from clbench.data import TensorDataset, channel_stats
 
 def load_digits(root=None, download=False, test_fraction: float = 0.2, split_seed: int = 0) -> TensorDataset:
     """Digits with a fixed stratified train/test split (part of the benchmark, not of the stream seed)."""
+    import sklearn.datasets
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split
 
@@ -18,5 +21,8 @@ def load_digits(root=None, download=False, test_fraction: float = 0.2, split_see
                                               random_state=split_seed, stratify=d.target)
     x_tr, x_te = torch.from_numpy(x_tr), torch.from_numpy(x_te)
     mean, std = channel_stats(x_tr, 16.0)
-    return TensorDataset("digits", x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long(),
-                         n_classes=10, input_shape=(1, 8, 8), scale=16.0, mean=mean, std=std)
+    shipped = os.path.join(os.path.dirname(sklearn.datasets.__file__), "data", "digits.csv.gz")
+    sources = {k: shipped for k in ("x_train", "y_train", "x_test", "y_test")} if os.path.isfile(shipped) else {}
+    # Labels keep sklearn's dtype: clbench.data.checks refuses anything that is not a whole number.
+    return TensorDataset("digits", x_tr, torch.from_numpy(y_tr), x_te, torch.from_numpy(y_te),
+                         n_classes=10, input_shape=(1, 8, 8), scale=16.0, mean=mean, std=std, sources=sources)

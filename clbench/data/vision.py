@@ -7,15 +7,21 @@ the folder searched, the files expected, and how to get them.
 
 Images stay uint8, shaped (N, C, H, W). The mean/std recorded with each dataset are the standard
 per-channel statistics of its training set (scaled to [0, 1]); the model's first layer applies them.
+
+The MNIST family is read here from its idx files (torchvision only downloads them): each file's magic
+number, header and length are checked first, so a truncated, compressed or foreign file fails with one
+line naming it instead of a reshape error deep inside a reader.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from clbench.data import TensorDataset
+from clbench.errors import DataError
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -62,13 +68,56 @@ def check_files(spec: VisionSpec, root) -> None:
             f"download it with data.download=true.")
 
 
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An unsigned-byte idx file (LeCun's MNIST format): magic 0x000008NN, NN dimensions, then the bytes.
+
+    Its header is checked against the file's length before anything is read, so truncation is named."""
+    expected = 0x0800 | ndim
+    header = 4 + 4 * ndim
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if len(head) < 4:
+        raise DataError(f"'{path}': truncated idx file ({size} bytes; an idx file starts with a 4-byte magic number)")
+    magic = int.from_bytes(head[:4], "big")
+    if magic != expected:
+        hint = " (it is gzip-compressed: decompress it with gunzip)" if head[:2] == b"\x1f\x8b" else ""
+        raise DataError(f"'{path}': not an idx{ndim}-ubyte file: magic number 0x{magic:08x}, expected "
+                        f"0x{expected:08x}{hint}")
+    if len(head) < header:
+        raise DataError(f"'{path}': truncated idx file ({size} bytes, shorter than its {header}-byte header)")
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    need = header + int(np.prod(dims, dtype=np.int64))
+    if size != need:
+        raise DataError(f"'{path}': {'truncated' if size < need else 'trailing bytes in'} idx file: its header "
+                        f"declares {' x '.join(map(str, dims))} values ({need} bytes), the file has {size} bytes")
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint8, offset=header)).reshape(dims)
+
+
+def load_idx_dataset(spec: VisionSpec, root: str) -> TensorDataset:
+    """MNIST-family: 28x28 uint8 images and their labels from the four idx files."""
+    folder = Path(root) / spec.folder
+    names = dict(zip(("x_train", "y_train", "x_test", "y_test"), spec.files))
+    t = {k: read_idx(folder / f, 3 if k.startswith("x") else 1) for k, f in names.items()}
+    return TensorDataset(spec.name, t["x_train"].unsqueeze(1), t["y_train"].long(), t["x_test"].unsqueeze(1),
+                         t["y_test"].long(),
+                         n_classes=spec.n_classes, input_shape=(1,) + tuple(t["x_train"].shape[1:]), scale=255.0,
+                         mean=spec.mean, std=spec.std, sources={k: str(folder / f) for k, f in names.items()})
+
+
 def load_vision(name: str, root, download: bool = False) -> TensorDataset:
     """Load one torchvision dataset as uint8 tensors (N, C, H, W) plus int64 labels."""
     spec = SPECS[name]
     root = str(Path(root).expanduser())
+    present = all((Path(root) / spec.folder / f).is_file() for f in spec.files)
     if not download:
         check_files(spec, root)
-    import torchvision.datasets as tvd  # slow to import: only once the files are known to be there
+    if spec.files == _IDX:
+        if not present:   # data.download=true: torchvision fetches the four files, clbench reads them
+            import torchvision.datasets as tvd
+            getattr(tvd, spec.tv_class)(root=root, train=True, download=True)
+        return load_idx_dataset(spec, root)
+    import torchvision.datasets as tvd  # slow to import: only when torchvision must read or fetch
 
     cls = getattr(tvd, spec.tv_class)
     parts = []
@@ -78,8 +127,10 @@ def load_vision(name: str, root, download: bool = False) -> TensorDataset:
         x = torch.from_numpy(x).permute(0, 3, 1, 2) if x.ndim == 4 else torch.as_tensor(x).unsqueeze(1)
         parts += [x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)]
     x_tr, y_tr, x_te, y_te = parts
+    folder = str(Path(root) / spec.folder)
     return TensorDataset(name, x_tr, y_tr, x_te, y_te, n_classes=spec.n_classes,
-                         input_shape=tuple(x_tr.shape[1:]), scale=255.0, mean=spec.mean, std=spec.std)
+                         input_shape=tuple(x_tr.shape[1:]), scale=255.0, mean=spec.mean, std=spec.std,
+                         sources={k: folder for k in ("x_train", "y_train", "x_test", "y_test")})
 
 
 def load_mnist(root="data", download=False) -> TensorDataset:

@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     s.add_argument("--name", help="display name of the method (default: the strategy name)")
     s.add_argument("--select", metavar="HASH_PREFIX",
                    help="when the folders hold several configs, the seed-free config hash to submit")
+    s.add_argument("--identity", metavar="ID",
+                   help="when the runs come from several code/data identities, the one to submit (a prefix of "
+                        "the code/data id `clbench report` shows, e.g. 1a2b3c4d)")
     s.add_argument("--all", action="store_true",
                    help="one submission per configuration found (e.g. every strategy of a sweep)")
     s.add_argument("--notes", default="", help="free text stored with the submission")
@@ -61,7 +64,7 @@ def _submit(args) -> int:
 def _submit_one(args, select) -> int:
     from clbench.leaderboard.submission import build_submission, save_submission
     from clbench.leaderboard.validate import validate_submission
-    sub = build_submission(args.paths, name=args.name, select=select, notes=args.notes)
+    sub = build_submission(args.paths, name=args.name, select=select, notes=args.notes, ident=args.identity)
     issues = validate_submission(sub)
     if issues:  # a freshly built submission must validate; anything else is a bug worth seeing
         print("clbench: error: the built submission does not validate:\n" +

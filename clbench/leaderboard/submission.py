@@ -1,7 +1,7 @@
 """Build a leaderboard submission from run folders (result.json files).
 
-A submission is one JSON file: the method (name, plugin package and version, hashes of the strategy's
-source files), the benchmark and version, the resolved config *without its seeds* and that config's
+A submission is one JSON file: the method (name, plugin package and version, and the code identity the
+runs recorded: the hash of every module their code loaded, clbench/provenance.py), the benchmark and version, the resolved config *without its seeds* and that config's
 hash, and one record per seed with the full accuracy matrix R, the initial row, `learned_at`, the
 metrics, timing, memory and environment of that run.
 
@@ -10,25 +10,27 @@ Which fields must agree across seeds: every key of the resolved config except `s
 with those two keys removed, so keys that do not change results (out, device, progress, data, wandb)
 are ignored as in result.json. Each seed record keeps the run's own `run_config_hash` (the hash in its
 result.json), which validation recomputes from the seed-free config plus that record's seeds.
+
+Code identity comes from the runs, never from the code installed when `submit` runs: each seed record
+keeps its run's own `provenance`, the method's `sources` / `source_hash` are the modules and code hash
+those runs recorded, and runs of different code or data identity are never mixed in one submission.
 """
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
-import inspect
 import json
 import math
 import os
 import re
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Optional
 
 from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, config_hash, group_hash,
                             load_benchmark)
+from clbench.errors import SubmissionError
 from clbench.leaderboard import selection
-from clbench.registry import STRATEGIES, UnknownNameError
+from clbench.provenance import identity, short_id
 from clbench.results import REQUIRED_KEYS, load_result, write_json_atomic
 from clbench.results import find_results as find_run_results
 
@@ -71,54 +73,31 @@ def submission_digest(sub: dict) -> str:
     return sha256({k: v for k, v in sub.items() if k != "verifications"})
 
 
-# ----- the method: plugin package, version, source hashes -------------------------------------------
-def strategy_classes(name: str) -> list:
-    """The strategy class for `name` and, for a wrapper written `wrapper:base`, the base strategy class."""
-    prefix, _, arg = name.partition(":")
-    classes = [STRATEGIES.get(prefix)]
-    if arg:
-        try:
-            classes.append(STRATEGIES.get(arg.split(":")[0]))
-        except UnknownNameError:
-            pass  # the argument is not a strategy name (e.g. an Avalanche class name)
-    return classes
+# ----- the method: plugin package, version, source hashes (as the runs recorded them) ------------------
+def run_identities(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """The runs by their recorded (code_hash, data_hash); a run without provenance is an error."""
+    by_id: dict[tuple, list[dict]] = {}
+    for r in runs:
+        ident = identity(r)
+        if None in ident:
+            raise SubmissionError(f"{r['_path']} records no code/data provenance (written by an older clbench), "
+                                  f"so the code that produced it is unknown; re-run it with this clbench")
+        by_id.setdefault(ident, []).append(r)
+    return by_id
 
 
-def strategy_sources(name: str) -> dict[str, str]:
-    """{module: sha256 of its source file} for the files that define the strategy class and its bases
-    (the base `clbench.strategy` module holds the training loop, so it is included)."""
-    out = {}
-    for cls in strategy_classes(name):
-        for k in inspect.getmro(cls):
-            if k is object:
-                continue
-            try:
-                path = inspect.getsourcefile(k)
-            except TypeError:
-                continue
-            if path and k.__module__ not in out:
-                out[k.__module__] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return dict(sorted(out.items()))
-
-
-def plugin_package(name: str) -> dict:
-    """The distribution that registers the strategy's entry point (name and version)."""
-    prefix = name.partition(":")[0]
-    for ep in entry_points(group="clbench.strategies"):
-        if ep.name == prefix and ep.dist is not None:
-            return {"package": ep.dist.metadata["Name"], "package_version": ep.dist.version,
-                    "entry_point": ep.value}
-    cls = STRATEGIES.get(prefix)  # registered in-process (register()): no distribution to name
-    return {"package": cls.__module__.split(".")[0], "package_version": None,
-            "entry_point": f"{cls.__module__}:{cls.__qualname__}"}
-
-
-def method_record(cfg: dict, display_name: Optional[str]) -> dict:
+def method_record(cfg: dict, display_name: Optional[str], provenance: dict) -> dict:
+    """The method as the runs recorded it: the strategy's plugin distribution and the modules their code
+    loaded (`sources`, hashed into `source_hash`, which is the runs' provenance code_hash)."""
     strategy = cfg["strategy"]["name"]
-    sources = strategy_sources(strategy)
+    plugin = next((p for p in provenance.get("plugins", []) if p.get("kind") == "strategy"), {})
+    sources = dict(provenance["modules"])
     return {"name": display_name or strategy, "strategy": strategy,
             "hyperparameters": {k: v for k, v in cfg["strategy"].items() if k != "name"},
-            **plugin_package(strategy), "sources": sources, "source_hash": sha256(sources)}
+            "package": plugin.get("distribution") or (plugin.get("object") or strategy).split(".")[0],
+            "package_version": plugin.get("version"), "entry_point": plugin.get("object"),
+            "sources": sources, "source_hash": sha256(sources),
+            "data_hash": provenance["data"]["data_hash"]}
 
 
 # ----- statistics -------------------------------------------------------------------------------------
@@ -209,7 +188,8 @@ def seed_record(r: dict) -> dict:
     other = {k: v for k, v in r["metrics"].items() if k not in known}
     if other:
         rec["unchecked_metrics"] = other
-    rec.update({"stream": r["stream"], "timing": r["timing"], "memory": r.get("memory", {}), "env": r["env"]})
+    rec.update({"stream": r["stream"], "timing": r["timing"], "memory": r.get("memory", {}), "env": r["env"],
+                "provenance": r["provenance"]})
     return rec
 
 
@@ -218,10 +198,28 @@ def config_groups(paths: Iterable) -> list[str]:
     return list(group_runs(_load_runs(find_results(paths))))
 
 
+def _one_identity(group: list[dict], ident: Optional[str]) -> list[dict]:
+    """The runs of one code/data identity: `ident` (a prefix of 'code8/data8', as `clbench report` shows
+    it) picks it; mixing identities is refused."""
+    by_id = run_identities(group)
+    if ident:
+        by_id = {k: v for k, v in by_id.items() if short_id(k).startswith(ident) or k[0].startswith(ident)}
+        if not by_id:
+            raise SubmissionError(f"no runs of this configuration have the code/data identity '{ident}'")
+    if len(by_id) > 1:
+        lines = [f"  {short_id(k)}  {len(v)} run(s), seeds {sorted(int(r['seed']) for r in v)}: "
+                 f"{', '.join(sorted(str(Path(r['_path']).parent) for r in v)[:3])}" for k, v in by_id.items()]
+        raise SubmissionError("the runs come from different code or data (code/data identity differs), and one "
+                              "submission holds runs of one identity only; pick one with --identity ID (or pass "
+                              "only its run folders):\n" + "\n".join(lines))
+    return next(iter(by_id.values()))
+
+
 def build_submission(paths: Iterable, name: Optional[str] = None, select: Optional[str] = None,
-                     notes: str = "", min_seeds: int = MIN_SEEDS) -> dict:
-    """A submission from the runs under `paths`. All runs must share the seed-free config; when a sweep
-    folder holds several configs, `select` (a prefix of a seed-free config hash) picks one."""
+                     notes: str = "", min_seeds: int = MIN_SEEDS, ident: Optional[str] = None) -> dict:
+    """A submission from the runs under `paths`. All runs must share the seed-free config and the
+    recorded code/data identity; when a sweep folder holds several configs, `select` (a prefix of a
+    seed-free config hash) picks one, and `ident` (a prefix of 'code8/data8') picks one identity."""
     paths = list(paths)
     runs = _load_runs(find_results(paths))
     groups = group_runs(runs)
@@ -237,6 +235,7 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
         raise ConfigError("the runs do not share one config apart from seed/stream_seed; pick one with "
                           "--select HASH_PREFIX (or pass only its run folders):\n" + "\n".join(lines))
     cfg_hash, group = next(iter(groups.items()))
+    group = _one_identity(group, ident)
     group.sort(key=lambda r: int(r["seed"]))
     seeds = [int(r["seed"]) for r in group]
     dupes = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -252,7 +251,7 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
     if shipped != version:
         raise ConfigError(f"the runs used benchmark '{bench}' version {version}, but the shipped benchmark is "
                           f"version {shipped}; leaderboard tracks are the shipped versions, re-run the seeds")
-    method = method_record(cfg, name)
+    method = method_record(cfg, name, group[0]["provenance"])
     seed_runs = [seed_record(r) for r in group]
     first_env = seed_runs[0]["env"]
     return {

@@ -27,9 +27,9 @@ from typing import Optional
 import numpy as np
 
 from clbench.config import ConfigError, config_hash
+from clbench.errors import bad_value
 from clbench.config import validate as validate_config
-from clbench.leaderboard.submission import (load_submission, run_config, strategy_sources,
-                                            submission_digest)
+from clbench.leaderboard.submission import load_submission, run_config, submission_digest
 from clbench.leaderboard.validate import validate_submission
 from clbench.results import git_commit, write_json_atomic
 
@@ -81,7 +81,7 @@ def verify_submission(path, seed: Optional[int] = None, device: str = "cpu", ato
                           "\n".join(f"  {i}" for i in issues))
     seed = sub["seeds"][0] if seed is None else int(seed)
     if seed not in sub["seeds"]:
-        raise ConfigError(f"bad value for '--seed': {seed} is not one of the submission's seeds {sub['seeds']}")
+        raise bad_value("--seed", f"{seed} is not one of the submission's seeds {sub['seeds']}")
     claimed = next(r for r in sub["runs"] if r["seed"] == seed)
     dev = str(resolve_device(device))
     if atol is None:
@@ -109,7 +109,7 @@ def verify_submission(path, seed: Optional[int] = None, device: str = "cpu", ato
         diff = float(max(np.abs(R_claim - R_new).max(), np.abs(b_claim - b_new).max()))
         passed = diff <= atol
         reason = (f"max |dR| = {diff:.6g} {'<=' if passed else '>'} atol {atol:g}")
-    sources_now = strategy_sources(sub["method"]["strategy"])
+    sources_now = result["provenance"]["modules"]   # the code that just re-ran, as it recorded itself
     mismatch = sorted(k for k in set(sources_now) | set(sub["method"]["sources"])
                       if sources_now.get(k) != sub["method"]["sources"].get(k))
     record = {

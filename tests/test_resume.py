@@ -1,0 +1,132 @@
+"""Resume mid-run: a run stopped by SIGTERM (or killed) and re-run with the same command gives a result.json
+identical (R, metrics, stream) to an uninterrupted run, for every built-in strategy."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clbench.engine import RunInterrupted, run
+from clbench.registry import CALLBACKS
+from clbench.strategy import Callback
+
+BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
+            "hlop", "owm", "clser"]
+FAST = ["benchmark=split-digits", "dataset.train_per_class=30", "train.epochs=2", "train.batch_size=10",
+        "wandb.mode=disabled", "progress=false", "device=cpu"]
+
+
+class Preempt(Callback):
+    """Sends SIGTERM to this process after a chosen global step, once (what SLURM does before preemption)."""
+    description = "test helper: SIGTERM at a chosen step"
+    at_step = None
+
+    def after_step(self, strategy, batch):
+        if Preempt.at_step is not None and strategy.global_step == Preempt.at_step:
+            Preempt.at_step = None
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def preempt_callback():
+    CALLBACKS.register("preempt_test", Preempt)
+    yield
+    Preempt.at_step = None
+    CALLBACKS.unregister("preempt_test")
+
+
+def same_result(a: dict, b: dict) -> None:
+    for key in ("accuracy_matrix", "initial_accuracy", "metrics", "stream", "task_masked_accuracy_matrix",
+                "per_class_accuracy", "config_hash", "extra_models", "strategy_state"):
+        assert a.get(key) == b.get(key), key
+
+
+@pytest.mark.parametrize("strategy", BUILTINS)
+def test_sigterm_then_rerun_gives_the_uninterrupted_result(strategy, tmp_path):
+    args = [*FAST, f"strategy={strategy}", "callbacks=[preempt_test]"]
+    reference, _ = run([*args, f"out={tmp_path / 'ref'}"], console=False)
+    out = tmp_path / "stopped"
+    Preempt.at_step = 17          # mid-experience: experience 1, step 5 (12 steps per experience)
+    with pytest.raises(RunInterrupted) as stop:
+        run([*args, f"out={out}"], console=False)
+    assert stop.value.exit_code == 128 + signal.SIGTERM and "re-run the same command" in str(stop.value).lower()
+    # nothing published: only the hidden working folder with its checkpoint
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert len(list(out.glob(".*.partial/checkpoint.pt"))) == 1
+    resumed, folder = run([*args, f"out={out}"], console=False)
+    same_result(reference, resumed)
+    assert resumed["timing"]["segments"] == 2 and folder.name == reference["run_id"]
+    assert not list(out.glob(".*.partial"))
+
+
+def test_resume_false_starts_over(tmp_path):
+    args = [*FAST, "strategy=replay", "callbacks=[preempt_test]", f"out={tmp_path}"]
+    Preempt.at_step = 9
+    with pytest.raises(RunInterrupted):
+        run(args, console=False)
+    result, _ = run([*args, "resume=false"], console=False)
+    assert result["timing"]["segments"] == 1
+
+
+def test_an_opaque_strategy_restarts_instead_of_resuming(tmp_path):
+    """The Avalanche bridge cannot save Avalanche's plugin state: a stopped run starts over, with the same result."""
+    args = [*FAST, "strategy=avalanche:Naive", "train.epochs=1", f"out={tmp_path}"]
+    reference, _ = run([*args, f"out={tmp_path / 'ref'}"], console=False)
+    (tmp_path / "b").mkdir()
+    r = run([*args, f"out={tmp_path / 'b'}"], console=False)[0]
+    assert r["accuracy_matrix"] == reference["accuracy_matrix"]
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "clbench", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def _wait_for_checkpoint(out, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if list(out.glob(".*.partial/checkpoint.pt")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before its first checkpoint: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_real_process_killed_or_preempted_resumes_exactly(sig, tmp_path):
+    args = [*FAST, "strategy=derpp", "train.epochs=3", "checkpoint.every_steps=5"]
+    reference, _ = run([*args, f"out={tmp_path / 'ref'}"], console=False)
+    out = tmp_path / "killed"
+    proc = _cli([*args, f"out={out}"])
+    _wait_for_checkpoint(out, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.strip().splitlines()[-1].startswith("clbench: interrupted by SIGTERM"), err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    again = _cli([*args, f"out={out}"])
+    stdout, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    folder = stdout.strip().splitlines()[-1]
+    resumed = json.loads((tmp_path / "killed" / os.path.basename(folder) / "result.json").read_text())
+    same_result(reference, resumed)
+    assert resumed["timing"]["segments"] == 2
+
+
+def test_two_identical_runs_at_once_get_two_folders(tmp_path):
+    """Run folders are claimed under an OS lock: the second identical `clbench run` takes `<run_id>_r2`."""
+    args = [*FAST, "strategy=naive", f"out={tmp_path}"]
+    procs = [_cli(args) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    folders = sorted(o[0].strip().splitlines()[-1] for o in outs)
+    assert len(set(folders)) == 2 and folders[1] == folders[0] + "_r2"
+    for f in folders:
+        assert json.loads((tmp_path / os.path.basename(f) / "result.json").read_text())["accuracy_matrix"]
+    assert not list(tmp_path.glob(".*.partial"))
