@@ -21,7 +21,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -131,6 +131,20 @@ def load_yaml_file(path: Path) -> Any:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     return load_yaml_text(text, str(path))
+
+
+def check_keys(data: Any, where: str, keys: Sequence[str], mappings: Sequence[str] = ()) -> dict:
+    """A file's (or section's) mapping with only `keys`, of which `mappings` hold mappings; one line otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping (keys: {', '.join(keys)})")
+    for k in data:
+        if k not in keys:
+            raise ConfigError(f"unknown key '{k}' in {where}.{did_you_mean(str(k), keys)} "
+                              f"Valid keys: {', '.join(keys)}")
+    for k in mappings:
+        if not isinstance(data.get(k) or {}, dict):
+            raise ConfigError(f"'{k}' in {where} must be a mapping of key: value")
+    return data
 
 
 def parse_value(text: str) -> Any:

@@ -215,7 +215,7 @@ class Stream:
             "scenario": self.name,
             "setting": self.setting,
             "n_experiences": len(self.experiences),
-            "n_eval_tasks": len(self.eval_tasks or self.val_tasks),
+            "n_eval_tasks": len(self.columns),
             "n_classes": self.n_classes,
             "learned_at": self.learned_rows(),
             "experiences": [

@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 import yaml
 
-from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
+from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_hash, configs_dir, group_hash,
+                            parse_value)
 from clbench.errors import bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic, write_text_atomic
@@ -198,16 +199,7 @@ def load_sweep_file(name: str) -> tuple[dict, str]:
                                f"Valid choices: {', '.join(names) or '(none)'}; or give a path to a .yaml file.")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"sweep file {path} must hold a mapping (keys: {', '.join(SWEEP_FILE_KEYS)})")
-    for k in data:
-        if k not in SWEEP_FILE_KEYS:
-            raise ConfigError(f"unknown key '{k}' in sweep file {path}.{did_you_mean(k, SWEEP_FILE_KEYS)} "
-                              f"Valid keys: {', '.join(SWEEP_FILE_KEYS)}")
-    for k in ("overrides", "grid"):
-        if not isinstance(data.get(k) or {}, dict):
-            raise ConfigError(f"'{k}' in sweep file {path} must be a mapping of key: value")
-    return data, str(path)
+    return check_keys(data, f"sweep file {path}", SWEEP_FILE_KEYS, ("overrides", "grid")), str(path)
 
 
 def _set_setting(settings: dict, key: str, value: Any) -> None:

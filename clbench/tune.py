@@ -40,7 +40,7 @@ from typing import Any, Optional
 import yaml
 
 from clbench import metrics as M
-from clbench.config import (CORE, callback_specs, canonical_hash, compose, configs_dir, load_benchmark,
+from clbench.config import (CORE, callback_specs, canonical_hash, check_keys, compose, configs_dir, load_benchmark,
                             load_yaml_file, model_specs, parse_value, strategy_specs)
 from clbench.errors import ConfigError, UnknownNameError, bad_value
 from clbench.hparams import Domain, did_you_mean
@@ -152,16 +152,7 @@ def load_space_file(name: str) -> tuple[dict, str]:
         raise UnknownNameError(f"unknown search space '{name}'.{did_you_mean(name, names)} Valid choices: "
                                f"{', '.join(names) or '(none)'}; or give a path to a .yaml file.")
     data = load_yaml_file(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"search-space file {path} must hold a mapping (keys: {', '.join(SPACE_FILE_KEYS)})")
-    for k in data:
-        if k not in SPACE_FILE_KEYS:
-            raise ConfigError(f"unknown key '{k}' in search-space file {path}.{did_you_mean(k, SPACE_FILE_KEYS)} "
-                              f"Valid keys: {', '.join(SPACE_FILE_KEYS)}")
-    for k in ("space", "overrides"):
-        if not isinstance(data.get(k) or {}, dict):
-            raise ConfigError(f"'{k}' in search-space file {path} must be a mapping of key: value")
-    return data, str(path)
+    return check_keys(data, f"search-space file {path}", SPACE_FILE_KEYS, ("space", "overrides")), str(path)
 
 
 def _int(key: str, value, low: int = 1) -> int:
@@ -265,14 +256,8 @@ def _default_benchmark() -> str:
 def tuning_protocol(bench: dict) -> dict:
     """The tuning protocol a benchmark declares in its YAML (`protocol: {tuning: {...}}`): defaults of its track."""
     protocol = bench.get("protocol") if isinstance(bench.get("protocol"), dict) else {}
-    declared = protocol.get("tuning") or {}
-    if not isinstance(declared, dict):
-        raise ConfigError(f"'protocol.tuning' of benchmark '{bench.get('name')}' must be a mapping")
-    for k in declared:
-        if k not in PROTOCOL_KEYS:
-            raise ConfigError(f"unknown key 'protocol.tuning.{k}' in benchmark '{bench.get('name')}'."
-                              f"{did_you_mean(k, PROTOCOL_KEYS)} Valid keys: {', '.join(PROTOCOL_KEYS)}")
-    return declared
+    return check_keys(protocol.get("tuning") or {}, f"'protocol.tuning' of benchmark '{bench.get('name')}'",
+                      PROTOCOL_KEYS)
 
 
 def _apply_settings(spec: TuneSpec, s: dict) -> None:
