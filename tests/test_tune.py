@@ -77,6 +77,19 @@ def test_the_benchmark_declares_its_tuning_protocol(tmp_path):
     spec = parse_tune_args([f"benchmark={path}", "strategy=naive", "budget=3", "eval.validation=0.1",
                             f"out={tmp_path}"])
     assert (spec.budget, spec.validation) == (3, 0.1)                 # the command line wins
+    path.write_text(bench + "protocol:\n  tuning: {budgett: 7}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'budgett' in 'protocol.tuning' of benchmark .*budget"):
+        parse_tune_args([f"benchmark={path}", "strategy=naive", f"out={tmp_path}"])
+
+
+def test_a_space_file_with_an_unknown_key_is_refused_naming_it(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("space: {train.lr: loguniform(0.001, 0.1)}\nbudjet: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'budjet' in search-space file .*space.yaml. Did you mean"):
+        parse_tune_args(["strategy=naive", f"space={space}", f"out={tmp_path}"])
+    space.write_text("space: [train.lr]\n")
+    with pytest.raises(ConfigError, match="'space' in search-space file .* must be a mapping"):
+        parse_tune_args(["strategy=naive", f"space={space}", f"out={tmp_path}"])
 
 
 # ----- what a trial reports ------------------------------------------------------------------------------
