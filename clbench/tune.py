@@ -573,6 +573,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _check_resume(spec: TuneSpec) -> None:
     """A tune folder belongs to one search: a re-run resumes it; a different search refuses (or starts over)."""
     path = spec.out / "tune.json"
@@ -670,6 +678,11 @@ def _tune_locked(spec: TuneSpec, log, ray, t0: float) -> TuneResult:
     default_row = next((r for r in rows if r["params"] == default and r["status"] == "completed"), None)
     record = tuning_record(spec, rows, best, default if default_ok else None, default_row, n_exp, grace,
                            time.time() - t0)
+    prev = _read_json(spec.out / "tuning.json")
+    if prev.get("tune_id") == record["tune_id"] and \
+            (prev.get("trials"), prev.get("best")) == (len(rows), record["best"]):
+        # a re-run of a finished search only read it back: its wall time and versions are those of the search
+        record["wall_s"], record["versions"] = prev["wall_s"], prev["versions"]
     files = write_outputs(spec, rows, best, record)
     result = TuneResult(spec=spec, rows=rows, best=best, record=record, files=files, seconds=time.time() - t0)
     if best is None:

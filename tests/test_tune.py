@@ -242,6 +242,20 @@ def test_the_tuning_record_reaches_result_json(spy_tune, tmp_path):
     assert result["config"]["train"]["lr"] == res.record["best"]["train.lr"]
 
 
+def test_re_running_a_finished_tune_reads_it_back_and_keeps_its_record(spy_tune):
+    from clbench.tune import tune
+    res, _, bench = spy_tune
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (res.spec.out / "trials").glob("*/result.json")}
+    DATASETS.register("spy_digits", load_spy_digits)
+    try:
+        again = tune(parse_tune_args([f"benchmark={bench}", "strategy=replay", "train.lr=loguniform(1e-4,0.5)",
+                                      "budget=5", "scheduler=fifo", "eval.validation=0.2", f"out={res.spec.out}"]))
+    finally:
+        DATASETS.unregister("spy_digits")
+    assert again.record["best"] == res.record["best"] and again.record["wall_s"] == res.record["wall_s"]
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (res.spec.out / "trials").glob("*/result.json")} == before
+
+
 def test_an_interrupted_tune_resumes_without_redoing_finished_trials(ray_local, tmp_path):
     from clbench.tune import tune
     out = tmp_path / "tune"
