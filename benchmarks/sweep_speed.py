@@ -27,9 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CLBENCH = [sys.executable, "-m", "clbench"]
 
+# Every run uses its config's `threads` (default 1) in every mode: the modes differ only in where runs execute.
 MODES = {
-    "local workers=1 (serial, all cores' threads)": ["executor=local", "workers=1"],
-    "local workers=1 threads=1": ["executor=local", "workers=1", "threads=1"],
+    "local workers=1 (serial)": ["executor=local", "workers=1"],
     "local workers=2 (1 thread each)": ["executor=local", "workers=2"],
     "ray (local instance, 1 CPU per run)": ["executor=ray", "ray.num_cpus=1"],
 }

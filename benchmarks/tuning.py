@@ -72,7 +72,7 @@ def default_runs(bench: str, strategy: str, extra: list[str], out: Path, data_ro
     from clbench.results import load_result
     from clbench.sweep import parse_sweep_args, run_sweep
     args = [f"benchmark={bench}", *entry_overrides(strategy), *extra, f"data.root={data_root}",
-            f"seed={','.join(map(str, SEEDS))}", "wandb.mode=disabled", f"out={out}", "threads=1"]
+            f"seed={','.join(map(str, SEEDS))}", "wandb.mode=disabled", f"out={out}"]
     res = run_sweep(parse_sweep_args(args), argv=args)
     if res.failed:
         raise RuntimeError(f"default runs failed: {res.failed[0]['error']}")

@@ -6,11 +6,14 @@ command, so `clbench --help` and `clbench list` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from clbench.errors import RunInterrupted, UserError
 
-USAGE_ERRORS = (UserError, FileNotFoundError)
+# Errors the user can act on: one line, exit status 2. A disk that is full or read-only counts (OSError).
+USAGE_ERRORS = (UserError, FileNotFoundError, OSError)
 
 
 def cmd_run(args) -> int:
@@ -84,17 +87,19 @@ def cmd_sweep(args) -> int:
     from clbench.sweep import format_report, parse_sweep_args, run_sweep
     res = run_sweep(parse_sweep_args(args.overrides), argv=["sweep", *args.overrides])
     print(format_report(res))
-    return 1 if res.failed else 0
+    if res.stopped:  # the table and counts above say what is done; stderr says why it stopped
+        print(f"clbench: error: sweep stopped early: {res.stopped}", file=sys.stderr)
+    return 1 if res.failed or res.stopped else 0
 
 
 def _add_sweep(sub):
     p = sub.add_parser("sweep", help="run the cartesian product of comma-separated overrides (resumable)",
                        description="Run many experiments: key=a,b,c values are swept (cartesian product); "
                                    "complete runs of the current code and data are skipped on a re-run. Sweep keys: "
-                                   "executor=local|ray|submitit workers=N threads=N name=NAME sweep=FILE "
+                                   "executor=local|ray|submitit workers=N name=NAME sweep=FILE "
                                    "reuse=same|any ray.num_cpus=1 ray.num_gpus=0 submitit.*. See docs/sweeps.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
-                   help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2")
+                   help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/digits workers=2")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -110,12 +115,12 @@ def _add_tune(sub):
                                     "then run the chosen config over test seeds",
                        description="Search a strategy's declared hyper-parameter space on a validation split held "
                                    "out of the training data; the test split is never evaluated (eval.test=false in "
-                                   "every trial). Tune keys: budget=N concurrency=N threads=N metric=NAME "
+                                   "every trial). Tune keys: budget=N concurrency=N metric=NAME "
                                    "protocol=full|first-k first_k=K scheduler=asha|fifo grace=N reduction=X "
                                    "space=NAME|FILE seeds=0,1,2 out=DIR resume=true|false; run overrides as in "
-                                   "`clbench run` (eval.validation=F sets the split); domains as "
-                                   "KEY=loguniform(a,b) uniform(a,b) randint(a,b) choice(a,b,...). Re-running the "
-                                   "same command resumes. See docs/tuning.md.")
+                                   "`clbench run` (eval.validation=F sets the split, threads=N each trial's torch "
+                                   "threads); domains as KEY=loguniform(a,b) uniform(a,b) randint(a,b) "
+                                   "choice(a,b,...). Re-running the same command resumes. See docs/tuning.md.")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. benchmark=split-digits strategy=ewc budget=20 seeds=0,1,2 out=tunes/ewc")
     p.set_defaults(func=cmd_tune)
@@ -182,6 +187,8 @@ COMMANDS = [_add_run, _add_show, _add_list, _add_sweep, _add_tune, _add_report, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clbench", description="clbench: a continual-learning benchmark harness")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: CLBENCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in COMMANDS:
@@ -189,19 +196,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BUG_REPORT = ("this is a bug in clbench (or in a plugin it ran): please report it with the command, "
+              "and the traceback that `clbench --debug ...` (or CLBENCH_DEBUG=1) prints")
+
+
 def main(argv=None) -> int:
+    """Run one command. Errors end in one line on stderr: `clbench: error: ...` and exit status 2 for
+    anything the user can fix (UserError, a missing file, a disk that is full or read-only); an
+    unexpected error says it is a bug, exit status 1. --debug or CLBENCH_DEBUG=1 adds the traceback."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("CLBENCH_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         return args.func(args)
-    except USAGE_ERRORS as e:
-        print(f"clbench: error: {e}", file=sys.stderr)
-        return 2
     except RunInterrupted as e:      # SIGTERM/SIGINT: the checkpoint is saved, the same command resumes
         print(f"clbench: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("clbench: interrupted; nothing half-written was kept", file=sys.stderr)
+        print("clbench: interrupted; nothing half-written was kept (re-run the same command to resume a sweep)",
+              file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(f"clbench: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, USAGE_ERRORS) else 1
+
+
+def _one_line(e: Exception) -> str:
+    """The line printed for an error; a message listing several problems keeps them all, joined by "; "."""
+    user = isinstance(e, USAGE_ERRORS)
+    if isinstance(e, OSError) and not isinstance(e, UserError) and e.filename:
+        text = f"{e.strerror or type(e).__name__}: {e.filename}"   # from the OS: say which file
+    else:
+        text = str(e) if user else f"internal error: {type(e).__name__}: {e}"
+    text = "; ".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip()) or type(e).__name__
+    return f"error: {text}" if user else f"{text} -- {BUG_REPORT}"
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ CORE: dict[str, dict[str, HP]] = {
         "out": HP("runs", "results folder; each run writes <out>/<run_id>/result.json"),
         "device": HP("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:N"),
         "deterministic": HP(False, "torch.use_deterministic_algorithms + cuDNN flags (slower)"),
+        "threads": HP(1, "torch CPU threads of the run: part of the protocol, results differ with the count "
+                         "(docs/reproducibility.md)", low=1),
         "progress": HP(True, "progress bars on the console"),
         "resume": HP(True, "re-running the same command resumes an unfinished run; false starts it over"),
         "first_experiences": HP(None, "train and evaluate on the first k experiences only (the first-k tuning "

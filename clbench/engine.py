@@ -38,7 +38,8 @@ from clbench.loggers import ConsoleLogger, Logger, WandbLogger, wandb_run_dir
 from clbench.models import build_model
 from clbench.provenance import collect as collect_provenance
 from clbench.registry import CALLBACKS, SCENARIOS, STRATEGIES
-from clbench.results import SCHEMA_VERSION, RunDir, environment, make_run_id, write_json_atomic
+from clbench.reproducibility import apply_threads
+from clbench.results import SCHEMA_VERSION, RunDir, check_out_dir, environment, make_run_id, write_json_atomic
 from clbench.strategy import Strategy, StreamInfo
 from clbench.stream import Stream
 
@@ -153,6 +154,7 @@ class Run:
 
 def prepare(cfg: dict) -> Run:
     """Build everything for a run; raises a UserError (ConfigError, DataError, ...) before anything is written."""
+    apply_threads(cfg)  # [issue 13: the thread count is part of the protocol; set before anything is built]
     device = resolve_device(str(cfg["device"]))
     seed_everything(int(cfg["seed"]), bool(cfg.get("deterministic", False)))
     h = config_hash(cfg)
@@ -463,6 +465,7 @@ def run(cfg_or_overrides=None, loggers: Optional[list[Logger]] = None, overwrite
     (`<run_id>_r2`), unless `overwrite` (sweeps decide themselves what is complete).
     """
     cfg = cfg_or_overrides if isinstance(cfg_or_overrides, dict) else compose(cfg_or_overrides or [])
+    check_out_dir(cfg["out"])  # [issue 13: a bad out= fails before anything is built or written]
     r = prepare(cfg)
     rd = RunDir(cfg["out"], r.run_id, overwrite=overwrite, resume=bool(cfg["resume"]))
     r.run_id = rd.run_id

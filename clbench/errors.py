@@ -66,6 +66,11 @@ class RunInterrupted(ClbenchError):
         return 128 + self.signum
 
 
+class StorageError(UserError, OSError):
+    """A file or folder clbench must write cannot be written (disk full, read-only, not a folder, name too
+    long); the message names the path and what to do. Nothing half-written is left behind."""
+
+
 def bad_value(key: str, why: str) -> ConfigError:
     """The one phrasing of a bad configuration value: "bad value for 'KEY': WHY"."""
     return ConfigError(f"bad value for '{key}': {why}")

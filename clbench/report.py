@@ -3,16 +3,19 @@
 PATH is a run folder or any folder holding run folders (searched recursively). Runs are grouped by
 (benchmark, strategy, config hash without the seeds, code/data identity): the seeds of one
 configuration run by the same code on the same data are repeats, so each group gives mean, std (sample
-std, ddof=1; none for a single run) and n. Runs of the same configuration from different code or data
+std, ddof=1; none for a single seed) and n = the number of distinct seeds. Several runs of one seed (the
+same run repeated) count once: they are averaged first (equal when the run is bit-reproducible), and the
+table says that repeats exist. Runs of the same configuration from different code or data
 (clbench/provenance.py) form separate groups, told apart by the short `code/data` id in the table;
 `pool=True` (`--pool`) merges them and warns about every group it mixes.
 
 Stable API (the sweep command calls it):
     aggregate(results: list[dict], pool=False) -> list[dict]          one row per group
     render_table(rows, fmt="text"|"markdown"|"csv", metrics=None) -> str
-A row is {"benchmark", "strategy", "label", "group_hash", "identity", "n", "seeds", "run_ids",
-"config_diff", "metrics": {name: {"mean", "std", "n"}}}; metric values are fractions (0.8 = 80 %);
-`identity` is "code8/data8" ("-" where a run records none; "mixed:N" in a pooled group of N identities).
+A row is {"benchmark", "strategy", "label", "group_hash", "identity", "n" (distinct seeds), "runs" (run
+files), "seeds", "run_ids", "config_diff", "metrics": {name: {"mean", "std", "n"}}}; metric values are
+fractions (0.8 = 80 %); `identity` is "code8/data8" ("-" where a run records none; "mixed:N" in a pooled
+group of N identities).
 """
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
+from clbench.errors import UnknownNameError
 from clbench.metrics import direction
 from clbench.provenance import identity, short_id
-from clbench.results import find_results
+from clbench.registry import did_you_mean
+from clbench.results import check_out_dir, find_results, write_text_atomic
 
 # Shown in the printed table when present (all metrics go to the CSV).
 TABLE_METRICS = ("acc", "forgetting", "bwt", "fwt", "learning_accuracy", "forgetting_first", "acc_task_masked",
@@ -99,6 +104,21 @@ def _stats(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": len(vals)}
 
 
+def _seed(result: dict) -> tuple:
+    """What makes two runs of one configuration independent samples: the training and the stream seed."""
+    cfg = result.get("config") or {}
+    seed = result.get("seed", cfg.get("seed"))
+    return seed, result.get("stream_seed", cfg.get("stream_seed", seed))
+
+
+def _per_seed(rs: list[dict], name: str) -> list:
+    """One value of metric `name` per distinct seed: repeats of a seed are averaged (not extra samples)."""
+    by_seed: dict[tuple, list] = {}
+    for r in rs:
+        by_seed.setdefault(_seed(r), []).append(r["metrics"].get(name))
+    return [_stats(values)["mean"] for values in by_seed.values()]
+
+
 def _short(key: str) -> str:
     return key.split(".", 1)[1] if key.startswith("strategy.") else key
 
@@ -132,20 +152,32 @@ def aggregate(results: list[dict], pool: bool = False) -> list[dict]:
             names += [n for n in r["metrics"] if n not in names]
         diff = diffs.get(key, {})
         label = strat + (" (" + ", ".join(f"{_short(k)}={v}" for k, v in diff.items()) + ")" if diff else "")
+        seeds = {_seed(r) for r in rs}
         rows.append({
             "benchmark": bench,
             "strategy": strat,
             "label": label,
             "group_hash": gh[:12],
             "identity": _group_identity(rs, label),
-            "n": len(rs),
-            "seeds": sorted(r.get("seed") for r in rs),
+            "n": len(seeds),
+            "runs": len(rs),
+            "seeds": sorted({s for s, _ in seeds}, key=lambda s: (str(type(s)), s)),
             "run_ids": [r.get("run_id") for r in rs],
             "config_diff": diff,
-            "metrics": {n: _stats([r["metrics"].get(n) for r in rs]) for n in names},
+            "metrics": {n: _stats(_per_seed(rs, n)) for n in names},
         })
     rows.sort(key=lambda row: (row["benchmark"], -(row["metrics"].get("acc", {}).get("mean") or 0.0), row["label"]))
     return rows
+
+
+def check_metric_names(names: Sequence[str], results: list[dict]) -> None:
+    """Every asked-for metric must exist (a typo would otherwise print an empty column)."""
+    from clbench.metrics import EXTRA_METRICS, METRICS
+    known = list(dict.fromkeys([*METRICS, *EXTRA_METRICS, *(n for r in results for n in r["metrics"])]))
+    for name in names:
+        if name not in known:
+            raise UnknownNameError(f"unknown metric '{name}' in --metrics.{did_you_mean(name, known)} "
+                                   f"Valid metrics: {', '.join(known)}")
 
 
 # ----- tables -------------------------------------------------------------------------------------------
@@ -176,11 +208,11 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
                 names += [n for n in r["metrics"] if n not in names]
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["benchmark", "strategy", "label", "group_hash", "n", "seeds", "identity"] +
+        w.writerow(["benchmark", "strategy", "label", "group_hash", "n", "seeds", "runs", "identity"] +
                    [f"{n}_{s}" for n in names for s in ("mean", "std", "n")])
         for r in rows:
-            cells = [r["benchmark"], r["strategy"], r["label"], r["group_hash"], r["n"], " ".join(map(str, r["seeds"])),
-                     r.get("identity", "-")]
+            cells = [r["benchmark"], r["strategy"], r["label"], r["group_hash"], r["n"],
+                     " ".join(map(str, r["seeds"])), r.get("runs", r["n"]), r.get("identity", "-")]
             for n in names:
                 st = r["metrics"].get(n, {})
                 cells += ["" if st.get(k) is None else st.get(k) for k in ("mean", "std", "n")]
@@ -188,15 +220,17 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
         return buf.getvalue()
     names = _metric_columns(rows, metrics)
     header = ["benchmark", "strategy", "n"] + [f"{n} ({direction(n)})" for n in names] + ["code/data"]
-    body = [[r["benchmark"], r["label"], str(r["n"])] + [_pm(r["metrics"].get(n)) for n in names] +
+    body = [[r["benchmark"], r["label"], _n_cell(r)] + [_pm(r["metrics"].get(n)) for n in names] +
             [r.get("identity", "-")] for r in rows]
+    repeats = _repeats_note(rows)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
         lines.append("")
-        lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1). "
+        lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1); n = distinct seeds. "
                      "(+) higher is better, (-) lower is better; definitions in docs/metrics.md. "
-                     "code/data: short code and data identity of the group's runs (docs/provenance.md).")
+                     "code/data: short code and data identity of the group's runs (docs/provenance.md)." +
+                     (f" {repeats}" if repeats else ""))
         return "\n".join(lines) + "\n"
     if fmt != "text":
         raise ValueError(f"unknown table format {fmt!r} (choose text, markdown or csv)")
@@ -205,9 +239,24 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i < 2 or i == last else c.rjust(w)
                                       for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     lines = [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(row) for row in body]
-    lines.append("values in %, mean ± std over seeds; (+) higher is better, (-) lower is better; "
-                 "code/data: short code and data identity")
+    lines.append("values in %, mean ± std over seeds (n = distinct seeds); (+) higher is better, (-) lower is "
+                 "better; code/data: short code and data identity")
+    if repeats:
+        lines.append(repeats)
     return "\n".join(lines) + "\n"
+
+
+def _n_cell(row: dict) -> str:
+    runs = row.get("runs", row["n"])
+    return str(row["n"]) if runs == row["n"] else f"{row['n']} ({runs} runs)"
+
+
+def _repeats_note(rows: Sequence[dict]) -> str:
+    rep = [r for r in rows if r.get("runs", r["n"]) > r["n"]]
+    if not rep:
+        return ""
+    return (f"note: {len(rep)} configuration(s) hold repeated runs of one seed ('n (k runs)'); repeats count "
+            f"once, averaged, since they are not independent samples")
 
 
 # ----- the report ---------------------------------------------------------------------------------------
@@ -229,13 +278,12 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
                  pool: bool = False) -> dict:
     """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
     from clbench import plots
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out_dir, key="--out")
     rows = aggregate(results, pool=pool)
     written = []
     for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
-        (out / name).write_text(render_table(rows, fmt=fmt, metrics=metrics if fmt != "csv" else None))
-        written.append(out / name)
+        written.append(write_text_atomic(out / name, render_table(rows, fmt=fmt,
+                                                                  metrics=metrics if fmt != "csv" else None)))
     if figures:
         groups: dict[tuple, list[dict]] = {}
         for r in results:
@@ -273,6 +321,8 @@ def report(path, out_dir=None, figures: bool = True, metrics: Optional[Sequence[
     results = load_results(path)
     if not results:
         raise FileNotFoundError(f"no result.json found under {path} (give a run folder or a folder of runs)")
+    if metrics is not None:
+        check_metric_names(metrics, results)
     p = Path(path)
     out_dir = Path(out_dir) if out_dir else (p.parent if p.is_file() else p) / "report"
     info = write_report(results, out_dir, figures=figures, metrics=metrics, pool=pool)

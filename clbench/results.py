@@ -6,37 +6,87 @@ half-written folder behind (sweeps use this to resume).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
+
+from clbench.errors import StorageError
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "seed", "stream", "accuracy_matrix",
                  "initial_accuracy", "metrics", "timing", "env")
 
 
+def storage_error(e: OSError, path) -> StorageError:
+    """A write that failed for a reason outside clbench (disk full, read-only, ...), as one line."""
+    what = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+            errno.ENAMETOOLONG: "file name too long", errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EISDIR: "is a folder"}.get(e.errno, e.strerror or type(e).__name__)
+    return StorageError(f"cannot write {path}: {what}; nothing was half-written (free space or choose another "
+                        f"out=, then re-run the same command)")
+
+
 def write_text_atomic(path, text: str) -> Path:
-    """Write then rename: readers see the old file or the whole new one, never a partial one."""
+    """Write then rename: readers see the old file or the whole new one, never a partial one.
+
+    The file gets the usual mode (0666 less the umask), like any file the user writes; an OS failure
+    (disk full, read-only folder) raises StorageError naming the file, and leaves no temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(tmp, text)
         os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise storage_error(e, path) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
+    return path
+
+
+def _write_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the kernel applies the umask
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def check_out_dir(out, key: str = "out") -> Path:
+    """Fail at once, before anything is built or written, when `out` cannot hold run folders: a file in
+    the way, a folder this process may not write, or a name longer than the file system allows."""
+    path = Path(str(out)).expanduser()
+    for part in path.parts:
+        if len(part.encode()) > NAME_MAX:
+            raise StorageError(f"cannot write runs to '{key}': the folder name '{part[:40]}...' is longer than "
+                               f"{NAME_MAX} bytes")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(f"cannot write runs to '{key}': {path} is not a folder ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write runs to '{key}': {probe} is not writable (choose another {key}=)")
     return path
 
 
@@ -87,10 +137,24 @@ def is_complete(run_dir) -> bool:
     return all(k in r for k in REQUIRED_KEYS)
 
 
+NAME_MAX = 255    # bytes in one file name on Linux and macOS file systems
+RUN_ID_MAX = 200  # leaves room for '.<run id>.partial', '_r<k>' and 'failed/<run id>.txt'
+
+
 def make_run_id(cfg: dict, cfg_hash: str) -> str:
-    """Deterministic: the same config and seed give the same run id (sweeps resume on it)."""
-    name = f"{cfg['benchmark']['name']}_{cfg['strategy']['name']}_s{cfg['seed']}_{cfg_hash[:8]}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "-", name)
+    """Deterministic: the same config and seed give the same run id (sweeps resume on it).
+
+    One plain file name inside `out`: characters other than letters, digits and `_.+-` become `-`, it never
+    starts with '.' (hidden: the working folders of unfinished runs), and a long benchmark or strategy
+    name is cut and made unique again with a hash of the whole name.
+    """
+    safe = lambda text: re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
+    head = safe(f"{cfg['benchmark']['name']}_{cfg['strategy']['name']}")
+    tail = safe(f"_s{cfg['seed']}_{cfg_hash[:8]}")
+    if len(head) + len(tail) > RUN_ID_MAX:
+        digest = hashlib.sha256(head.encode()).hexdigest()[:8]
+        head = f"{head[:max(1, RUN_ID_MAX - len(tail) - 9)]}-{digest}"
+    return re.sub(r"^\.", "-", head + tail)
 
 
 class RunDir:
@@ -184,22 +248,19 @@ def git_commit() -> Optional[str]:
 
 
 def environment(device) -> dict:
+    """result.json's `env`: versions, provenance, and what changes the arithmetic (clbench.reproducibility)."""
     import numpy
-    import torch
 
     import clbench
+    from clbench.reproducibility import arithmetic_env
     env = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "numpy": numpy.__version__,
         "clbench": clbench.__version__,
-        "device": str(device),
         "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
+        **arithmetic_env(device),
         "git_commit": git_commit(),
         "argv": sys.argv[1:],
     }
-    if torch.cuda.is_available() and str(device).startswith("cuda"):
-        env["cuda"] = torch.version.cuda
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    env["cpu_threads"] = env["threads"]   # the name used before `threads` was recorded with the rest
     return env

@@ -11,6 +11,7 @@ construction code stays the only place that builds objects.
 from __future__ import annotations
 
 import copy
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -147,14 +148,24 @@ def _py_state_back(d: dict) -> tuple:
 
 
 def save(path, state: dict) -> None:
-    """Write a checkpoint atomically (temp file, fsync, rename): a kill leaves the old one or the new one."""
+    """Write a checkpoint atomically (temp file, fsync, rename): a kill leaves the old one or the new one.
+
+    Serialised in memory first, so that a full disk surfaces as the OS's error (StorageError naming the
+    file, no temporary file left) rather than as torch's zip-writer RuntimeError."""
+    from clbench.results import storage_error
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, path) from e
 
 
 def load(path) -> dict:

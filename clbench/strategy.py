@@ -355,6 +355,8 @@ class Strategy:
     # ----- logging and reporting ------------------------------------------------------------------
     def log(self, name: str, value) -> None:
         """Log a scalar at the current step: it reaches the console, W&B and result.json's `logs`."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
         self._logs.append((str(name), float(value)))
 
     def pop_logs(self) -> list[tuple[str, float]]:

@@ -1,8 +1,8 @@
 """Sweeps: many independent runs, their result.json files the source of truth.
 
-    clbench sweep benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/demo workers=2
+    clbench sweep benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/digits workers=2
 
-1. Parse: sweep-level keys (executor, workers, threads, name, sweep, ray.*, submitit.*) are split from
+1. Parse: sweep-level keys (executor, workers, name, sweep, ray.*, submitit.*) are split from
    run overrides; a comma-separated value is an axis (Hydra-style; commas inside [..], {..}, (..) or
    quotes do not split, `\\,` is a literal comma, `range(a,b[,step])` expands); a sweep file from
    configs/sweep/ gives the same things as data.
@@ -39,14 +39,21 @@ import yaml
 
 from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_hash, configs_dir, group_hash,
                             parse_value)
-from clbench.errors import bad_value
+from clbench.errors import RunInterrupted, StorageError, bad_value
 from clbench.registry import UnknownNameError, did_you_mean
-from clbench.results import RunDir, is_complete, load_result, make_run_id, write_json_atomic, write_text_atomic
+from clbench.reproducibility import check_threads
+from clbench.results import (RunDir, check_out_dir, is_complete, load_result, make_run_id, storage_error,
+                             write_json_atomic, write_text_atomic)
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
-# Keys that configure the sweep itself; everything else is a run override.
-SWEEP_KEYS = ("executor", "workers", "threads", "name", "sweep", "reuse", "tuned")
+# Keys that configure the sweep itself; everything else is a run override (`threads` too: it is part of
+# every run's protocol, see clbench/reproducibility.py).
+SWEEP_KEYS = ("executor", "workers", "name", "sweep", "reuse", "tuned")
+NAME_MAX_CHARS = 100                 # the sweep name: a folder name and a W&B group
+SWEEP_FILE_MAX_BYTES = 1_000_000     # a sweep file is a few lines; bound what we parse
+SWEEP_FILE_MAX_NODES = 100_000       # after YAML aliases are expanded
+SWEEP_FILE_MAX_DEPTH = 20
 SWEEP_SECTIONS = ("ray", "submitit")
 SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "reuse", "ray", "submitit",
                    "overrides", "grid")
@@ -197,9 +204,42 @@ def load_sweep_file(name: str) -> tuple[dict, str]:
         names = sweep_file_names()
         raise UnknownNameError(f"unknown sweep '{name}'.{did_you_mean(name, names)} "
                                f"Valid choices: {', '.join(names) or '(none)'}; or give a path to a .yaml file.")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = _read_yaml_bounded(path)
     return check_keys(data, f"sweep file {path}", SWEEP_FILE_KEYS, ("overrides", "grid")), str(path)
+
+
+def _read_yaml_bounded(path: Path) -> Any:
+    """A sweep file's data; a YAML error, a binary or oversized file, or one that expands (aliases) into
+    something huge is one ConfigError naming the file."""
+    if path.stat().st_size > SWEEP_FILE_MAX_BYTES:
+        raise ConfigError(f"sweep file {path} is too large ({path.stat().st_size} bytes; at most "
+                          f"{SWEEP_FILE_MAX_BYTES})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"sweep file {path} is not a UTF-8 text file ({e.reason})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"sweep file {path}: YAML error{where}: {what}") from None
+    _check_size(data, path)
+    return data
+
+
+def _check_size(data: Any, path: Path) -> None:
+    """Refuse YAML whose expansion is huge (a few hundred bytes of aliases can stand for a billion items)."""
+    nodes, stack = 0, [(data, 1)]
+    while stack:  # an alias counts as often as it is used (a self-referencing one stops at the bound)
+        obj, depth = stack.pop()
+        nodes += 1
+        if depth > SWEEP_FILE_MAX_DEPTH or nodes > SWEEP_FILE_MAX_NODES:
+            raise ConfigError(f"sweep file {path} is too deep or too large once its YAML aliases are expanded "
+                              f"(at most {SWEEP_FILE_MAX_DEPTH} levels and {SWEEP_FILE_MAX_NODES} values)")
+        if isinstance(obj, dict):
+            stack.extend((c, depth + 1) for c in [*obj.keys(), *obj.values()])
+        elif isinstance(obj, list):
+            stack.extend((c, depth + 1) for c in obj)
 
 
 def _set_setting(settings: dict, key: str, value: Any) -> None:
@@ -232,9 +272,11 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         description = str(data.get("description", "") or "")
         name = data.get("name") or Path(source).stem
         out = data.get("out")
-        for k in ("executor", "workers", "threads", "reuse"):
+        for k in ("executor", "workers", "reuse"):
             if k in data:
                 settings[k] = data[k]
+        if "threads" in data:  # a run key (part of each run's config), kept at the top of sweep files
+            params["threads"] = [format_value(data["threads"], "threads")]
         for section in SWEEP_SECTIONS:
             for k, v in (data.get(section) or {}).items():
                 settings.setdefault(section, {})[k] = v
@@ -273,8 +315,9 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
     if name is None:
         name = Path(out).name if out else "sweep-" + hashlib.sha256(
             json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
-        raise bad_value("name", f"{name!r} (use letters, digits, '_', '.', '+', '-')")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)) or len(str(name)) > NAME_MAX_CHARS:
+        raise bad_value("name", f"{str(name)[:40]!r}{'...' if len(str(name)) > 40 else ''} "
+                                f"(use up to {NAME_MAX_CHARS} letters, digits, '_', '.', '+', '-')")
     if settings.get("reuse", "same") not in REUSE:
         raise bad_value("reuse", f"expected one of {', '.join(REUSE)}, got {settings['reuse']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)
@@ -311,6 +354,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
         overrides = [*cell, f"out={spec.out}"]
         try:
             cfg = compose(overrides, tuning=spec.tuning)
+            check_threads(cfg)
         except (ConfigError, UnknownNameError) as e:
             raise type(e)(f"{e} (in sweep cell: {' '.join(cell)})") from None
         # Relative paths would resolve against each worker's folder (Ray workers run elsewhere).
@@ -354,6 +398,7 @@ class SweepResult:
     table: str = ""
     summary_files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: Optional[str] = None  # why the sweep stopped before running everything (its files could not be written)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.status.values() if s["status"] == status)
@@ -385,9 +430,10 @@ def _manifest(spec: SweepSpec, runs: list[PlannedRun], status: dict, started: fl
 
 
 def _clean_stale(out: Path, run_id: str) -> None:
-    """A `.partial` folder of a run that is not running is what a crash left behind."""
+    """A `.partial` folder of a run that is not running is what a crash or a preemption left behind: one
+    holding a checkpoint is kept (the run resumes from it, see RunDir), anything else is removed."""
     stale = out / f".{run_id}.partial"
-    if stale.exists():
+    if stale.exists() and not (stale / RunDir.CHECKPOINT).is_file():
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -446,38 +492,62 @@ def _publish_here(out: Path, run_id: str, result: dict) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def _sweep_lock(out: Path):
-    """One sweep process per folder: a second one would re-run (and clobber) the first one's pending runs."""
-    lock, me = out / ".sweep.lock", f"{socket.gethostname()}:{os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            host, _, pid = lock.read_text().strip().partition(":")
-            if host != socket.gethostname() or (pid.isdigit() and _pid_alive(int(pid))):
-                raise ConfigError(f"sweep folder {out} is in use by another clbench sweep ({host} pid {pid}); "
-                                  f"wait for it, or delete {lock} if that process is gone") from None
-            lock.unlink(missing_ok=True)  # left behind by a sweep that was killed
-    else:
-        raise ConfigError(f"could not lock the sweep folder {out} ({lock})")
-    os.write(fd, me.encode())
-    os.close(fd)
+    """One sweep process per folder: a second one would re-run (and clobber) the first one's pending runs.
+
+    An OS lock (flock) on `<out>/.sweep.lock`: the kernel drops it when its holder dies, however it dies, so
+    a lock left by a killed sweep is free at once, and two processes never hold it together (taking over
+    a stale lock file by check-then-write let two do so). The file only says who holds it, for the
+    message; it is never deleted (a process that opened it just before would lock a file nobody sees).
+    """
+    import fcntl
+    lock = out / ".sweep.lock"
     try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise storage_error(e, lock) from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"sweep folder {out} is in use by another clbench sweep ({holder}); wait for it "
+                              f"to finish (the lock is released when that process ends, however it ends)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}".encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def _check_same_sweep(spec: SweepSpec) -> None:
+    """Refuse an out folder that holds another sweep: their manifests and summaries would overwrite each
+    other and their runs mix. The same sweep widened along an axis (more seeds, another strategy) is a
+    resume; a different name, another set of keys or another fixed value is another sweep."""
+    path = spec.out / MANIFEST
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+        old_name, old_params = old["sweep"], old["params"]
+        if not (isinstance(old_params, dict) and all(isinstance(v, list) for v in old_params.values())):
+            raise ValueError("'params' is not a mapping of lists")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} cannot be read as a sweep manifest ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:100]}); choose another out=, or delete that file to "
+                          f"reuse the folder's complete runs in this sweep") from None
+    diffs = [] if old_name == spec.name else [f"name {old_name} vs {spec.name}"]
+    for k in sorted(set(old_params) | set(spec.params)):
+        a, b = old_params.get(k), spec.params.get(k)
+        if a is None or b is None:
+            diffs.append(f"{k} only in {'that' if b is None else 'this'} sweep")
+        elif len(a) == 1 and len(b) == 1 and a != b:
+            diffs.append(f"{k}={a[0]} there, {b[0]} here")
+    if diffs:
+        raise ConfigError(f"sweep folder {spec.out} holds another sweep '{old_name}' ({'; '.join(diffs[:4])}"
+                          f"{'; ...' if len(diffs) > 4 else ''}); give this sweep its own out=, or re-run that "
+                          f"sweep's command to resume or widen it (more values of an axis)")
 
 
 def run_sweep(spec: SweepSpec, argv: Optional[list[str]] = None, log=None) -> SweepResult:
@@ -486,11 +556,28 @@ def run_sweep(spec: SweepSpec, argv: Optional[list[str]] = None, log=None) -> Sw
 
     log = log or sys.stderr
     t_start = time.time()
+    check_out_dir(spec.out)
     runs = plan(spec)
-    executor = make_executor(spec.settings, spec.out)  # bad executor settings fail before anything is written
-    spec.out.mkdir(parents=True, exist_ok=True)
+    threads = max([check_threads(r.cfg) or 1 for r in runs] or [1])
+    executor = make_executor(spec.settings, spec.out, threads)  # bad settings fail before anything is written
+    try:
+        spec.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, spec.out) from e
     with _sweep_lock(spec.out):
+        _check_same_sweep(spec)
         return _run_planned(spec, runs, executor, argv, log, t_start)
+
+
+def _record_failure(out: Path, entry: dict, o) -> str:
+    """Mark the run failed and keep its traceback in <out>/failed/<run_id>.txt; returns the error line."""
+    error = o.error or "the run reported success but left no complete result.json"
+    entry["status"], entry["error"] = "failed", error
+    tb_file = out / "failed" / f"{o.run_id}.txt"
+    write_text_atomic(tb_file, f"run {o.run_id}\noverrides: {' '.join(entry['overrides'])}\n\n"
+                               f"{o.traceback or error}\n")
+    entry["traceback_file"] = str(tb_file.relative_to(out))
+    return error
 
 
 def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t_start: float) -> SweepResult:
@@ -519,48 +606,71 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
     print(f"clbench sweep '{spec.name}': {len(runs)} runs ({n_cached} already complete, {len(todo)} to run) "
           f"on {executor.describe()} -> {out}", file=log, flush=True)
 
+    stopped: Optional[StorageError] = None   # the sweep's own files could not be written: it stops early
     if todo:
         from tqdm import tqdm
         tasks = [Task(run_id=r.run_id, cfg=r.cfg, label=r.label or r.run_id) for r in todo]
         bar = tqdm(total=len(tasks), desc=f"sweep {spec.name}", unit="run", file=log, dynamic_ncols=True,
                    disable=None, mininterval=0.5)
+        outcomes = executor.run(tasks)
         try:
-            for o in executor.run(tasks):
+            for o in outcomes:
                 entry = status[o.run_id]
                 entry["seconds"] = round(o.seconds, 3)
                 if o.worker:
                     entry["worker"] = o.worker
-                if o.status == "done" and o.result is not None and not is_complete(out / o.run_id):
-                    _publish_here(out, o.run_id, o.result)
-                if o.status == "done" and is_complete(out / o.run_id):
-                    entry["status"] = "done"
-                    entry.pop("error", None)
-                    entry.pop("traceback_file", None)
-                    (failed_dir / f"{o.run_id}.txt").unlink(missing_ok=True)
-                else:
-                    error = o.error or "the run reported success but left no complete result.json"
-                    entry["status"], entry["error"] = "failed", error
-                    failed_dir.mkdir(exist_ok=True)
-                    tb_file = failed_dir / f"{o.run_id}.txt"
-                    tb_file.write_text(f"run {o.run_id}\noverrides: {' '.join(entry['overrides'])}\n\n"
-                                       f"{o.traceback or error}\n")
-                    entry["traceback_file"] = str(tb_file.relative_to(out))
-                    bar.write(f"FAILED {o.run_id} [{entry['label']}]: {error}", file=log)
-                if bar.disable:  # no terminal: one line per run instead of a bar
-                    done = sum(1 for s in status.values() if s["status"] != "pending") - n_cached
-                    print(f"[{done}/{len(tasks)}] {entry['status']:<6s} {o.run_id} ({o.seconds:.1f}s)",
-                          file=log, flush=True)
-                bar.update(1)
-                write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+                if o.status == "interrupted":   # SIGTERM/SIGINT reached the run: stop the sweep; a re-run resumes
+                    entry["status"] = "interrupted"
+                    raise RunInterrupted(o.signum, f"during run {o.run_id} of sweep '{spec.name}'", out)
+                try:
+                    if o.status == "done" and o.result is not None and not is_complete(out / o.run_id):
+                        _publish_here(out, o.run_id, o.result)
+                    if o.status == "done" and is_complete(out / o.run_id):
+                        entry["status"] = "done"
+                        entry.pop("error", None)
+                        entry.pop("traceback_file", None)
+                        (failed_dir / f"{o.run_id}.txt").unlink(missing_ok=True)
+                    else:
+                        bar.write(f"FAILED {o.run_id} [{entry['label']}]: {_record_failure(out, entry, o)}",
+                                  file=log)
+                    if bar.disable:  # no terminal: one line per run instead of a bar
+                        done = sum(1 for s in status.values() if s["status"] != "pending") - n_cached
+                        print(f"[{done}/{len(tasks)}] {entry['status']:<6s} {o.run_id} ({o.seconds:.1f}s)",
+                              file=log, flush=True)
+                    bar.update(1)
+                    write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+                except OSError as e:  # StorageError too: stop, and report what is done
+                    stopped = e if isinstance(e, StorageError) else storage_error(e, e.filename or out)
+                    if entry["status"] == "pending":
+                        entry.update(status="failed", error=str(stopped))
+                    break
+        except (KeyboardInterrupt, RunInterrupted):
+            for entry in status.values():
+                if entry["status"] == "pending":
+                    entry["status"] = "interrupted"
+            _try_write_manifest(spec, runs, status, t_start, argv)
+            raise
         finally:
+            outcomes.close()  # a sweep stopped early ends the runs still in flight
             bar.close()
 
     result = SweepResult(spec=spec, runs=runs, status=status, seconds=time.time() - t_start)
     complete = [load_result(out / r.run_id) for r in runs if status[r.run_id]["status"] in ("done", "cached")]
-    if complete:
-        result.table, result.summary_files = write_summary(out, complete, spec.name)
-    write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+    try:
+        if complete:
+            result.table, result.summary_files = write_summary(out, complete, spec.name)
+        write_json_atomic(out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+    except StorageError as e:
+        stopped = stopped or e
+    result.stopped = str(stopped) if stopped else None
     return result
+
+
+def _try_write_manifest(spec, runs, status, t_start, argv) -> None:
+    try:
+        write_json_atomic(spec.out / MANIFEST, _manifest(spec, runs, status, t_start, argv))
+    except StorageError:
+        pass   # the previous manifest stays, whole (atomic writes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -590,7 +700,9 @@ def format_report(res: SweepResult) -> str:
     for s in res.failed:
         lines.append(f"  FAILED {s['run_id']} [{s['label']}]: {s['error']}  "
                      f"(traceback: {res.spec.out / s['traceback_file']})")
-    if res.failed:
+    if res.stopped:
+        lines.append(f"  STOPPED early: {res.stopped}")
+    if res.failed or res.stopped:
         lines.append("  re-run the same command to retry the failed runs (complete runs are skipped)")
     for f in res.summary_files:
         lines.append(f"summary: {f}")

@@ -13,8 +13,9 @@
 3. Ray Tune runs the trials (a local instance, or the cluster at RAY_ADDRESS): Optuna's TPE proposes the
    configurations (the default configuration is evaluated first), ASHA stops trials that fall behind after a
    number of experiences (`scheduler=asha`, on the validation metric of the stream so far), `budget=N` trials,
-   `concurrency=N` at a time with `threads=N` torch threads each. Re-running the same command resumes
-   (Tuner.restore; a finished trial is never run again, an interrupted one continues from its checkpoint).
+   `concurrency=N` at a time with `threads=N` torch threads each (the run key; Ray reserves as many CPUs).
+   Re-running the same command resumes (Tuner.restore; a finished trial is never run again, an interrupted one
+   continues from its checkpoint).
 4. Outputs in `out`: best.yaml (the chosen overrides and the tuning record: `clbench run tuned=best.yaml`),
    trials.csv / trials.md (every trial), search.png (the metric per trial and the best so far), tuning.json.
 5. `seeds=0,1,2`: then a `clbench sweep` of the chosen configuration over those seeds on the test set
@@ -45,15 +46,16 @@ from clbench.config import (CORE, callback_specs, canonical_hash, check_keys, co
 from clbench.errors import ConfigError, UnknownNameError, bad_value
 from clbench.hparams import Domain, did_you_mean
 from clbench.loggers import Logger
+from clbench.reproducibility import check_threads
 from clbench.results import write_json_atomic, write_text_atomic
 
 INSTALL_HINT = 'clbench tune needs Ray Tune and Optuna: pip install -e ".[tune]"  (or pip install "ray[tune]" optuna)'
 PROTOCOLS = ("full", "first-k")
 SCHEDULERS = ("asha", "fifo")
 # Keys of the tune itself; every other key=value is a run override (or a search domain).
-TUNE_KEYS = ("budget", "concurrency", "threads", "metric", "protocol", "first_k", "scheduler", "grace", "reduction",
+TUNE_KEYS = ("budget", "concurrency", "metric", "protocol", "first_k", "scheduler", "grace", "reduction",
              "seeds", "space", "out", "resume")
-SPACE_FILE_KEYS = ("description", "declared", "space", "overrides", "budget", "concurrency", "threads", "metric", "protocol",
+SPACE_FILE_KEYS = ("description", "declared", "space", "overrides", "budget", "concurrency", "metric", "protocol",
                    "first_k", "scheduler", "grace", "reduction", "seeds")
 DEFAULT_VALIDATION = 0.1
 # What a benchmark's YAML may declare as its track's tuning protocol (`protocol: tuning: {...}`).
@@ -71,7 +73,7 @@ class TuneSpec:
     out: Path
     budget: int = 20
     concurrency: int = 1
-    threads: int = 1
+    threads: int = 1                     # the trials' `threads` run key (set from the composed config): Ray CPUs each
     metric: str = "acc"
     protocol: str = "full"
     first_k: Optional[int] = None
@@ -265,7 +267,7 @@ def _apply_settings(spec: TuneSpec, s: dict) -> None:
         if not str(s["out"]).strip():
             raise bad_value("out", "expected a folder path")
         spec.out = Path(str(s["out"]))
-    for k in ("budget", "concurrency", "threads"):
+    for k in ("budget", "concurrency"):
         if k in s:
             setattr(spec, k, _int(k, s[k]))
     if "metric" in s:
@@ -424,7 +426,6 @@ class RayReporter(Logger):
 class TrialContext:
     overrides: list[str]               # shared run overrides + the enforced trial overrides
     metric: str
-    threads: int
     n_experiences: int
     worst: float                       # reported for a diverged trial (the worst value the metric can take)
     plugins: dict = field(default_factory=dict)    # in-process registrations: {kind: {name: object}}
@@ -437,11 +438,9 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     from clbench.config import config_hash
     from clbench.engine import run
     from clbench.errors import TrainingDiverged
-    from clbench.executors import set_threads
     from clbench.registry import REGISTRIES
     from clbench.results import is_complete, load_result, make_run_id
     from clbench.sweep import format_value
-    set_threads(ctx.threads)
     for kind, objs in ctx.plugins.items():      # what the driver registered in-process (notebooks, tests)
         for name, obj in objs.items():
             REGISTRIES[kind].register(name, obj)
@@ -639,7 +638,8 @@ def _tune_locked(spec: TuneSpec, log, ray, t0: float) -> TuneResult:
     default = {k: lookup(base, k) for k in spec.space}
     default_ok = all(in_domain(spec.space[k], v) for k, v in default.items())
     grace = min(spec.grace or max(1, math.ceil(n_exp / 2)), n_exp)
-    ctx = TrialContext(overrides=trial_overrides, metric=spec.metric, threads=spec.threads, n_experiences=n_exp,
+    spec.threads = check_threads(base) or 1
+    ctx = TrialContext(overrides=trial_overrides, metric=spec.metric, n_experiences=n_exp,
                        worst=worst_value(spec.metric), plugins=_in_process_plugins())
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")   # experiment state saved often: cheap, resumable
     print(f"clbench tune: {base['benchmark']['name']} / {base['strategy']['name']}: {spec.budget} trials "
@@ -853,8 +853,7 @@ def run_test_seeds(spec: TuneSpec, best: dict, record: dict):
         params[k] = [v]
     params["seed"] = [str(s) for s in spec.seeds]
     sweep = SweepSpec(name=f"{spec.out.name}-test", out=spec.out / "test", params=params,
-                      settings={"executor": "local", "workers": min(spec.concurrency, len(spec.seeds)),
-                                "threads": spec.threads}, tuning=record)
+                      settings={"executor": "local", "workers": min(spec.concurrency, len(spec.seeds))}, tuning=record)
     return run_sweep(sweep, argv=["tune", *sys.argv[1:]])
 
 

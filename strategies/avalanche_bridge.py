@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from clbench.errors import ConfigError
+from clbench.errors import ConfigError, TrainingDiverged
 from clbench.hparams import HP, specs_from_signature
 from clbench.registry import did_you_mean
 from clbench.strategy import Strategy
@@ -128,6 +128,30 @@ def constructor_defaults(name: str, cls: type) -> tuple[dict, list[str]]:
     return out, missing
 
 
+def _divergence_plugin(bridge: "AvalancheBridge"):
+    from avalanche.core import SupervisedPlugin
+
+    class StopOnDivergence(SupervisedPlugin):
+        """Stops the run on a non-finite loss or weights, as the native training loop does."""
+
+        def before_update(self, strategy, **kwargs):  # [issue 13: divergence stops the run, before the step]
+            if not bool(torch.isfinite(strategy.loss.detach()).all()):
+                raise _diverged(bridge, f"a non-finite training loss ({float(strategy.loss.detach().sum())})")
+
+        def after_training_epoch(self, strategy, **kwargs):
+            bad = [n for n, p in strategy.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+            if bad:  # e.g. an update that overflowed while the loss was still finite
+                raise _diverged(bridge, f"non-finite weights ({', '.join(bad[:3])})")
+
+    return StopOnDivergence()
+
+
+def _diverged(bridge: "AvalancheBridge", what: str) -> TrainingDiverged:
+    exp = bridge.experience.index if bridge.experience is not None else "?"
+    return TrainingDiverged(f"strategy avalanche:{bridge.av_name} produced {what} in experience {exp}; the run is "
+                            f"stopped (lower train.lr or the strategy's regularisation weight)")
+
+
 def _task_masked(model: torch.nn.Module, class_mask: torch.Tensor):
     """Task-IL: a multi-task module that masks the logits to each sample's task (one head per task)."""
     from avalanche.models import MultiTaskModule
@@ -197,7 +221,7 @@ class AvalancheBridge(Strategy):
                                  train_mb_size=int(self.train_cfg["batch_size"]),
                                  train_epochs=int(self.train_cfg["epochs"]),
                                  eval_mb_size=int(self.train_cfg["batch_size"]), device=self.device,
-                                 plugins=[], evaluator=EvaluationPlugin(loggers=[]),
+                                 plugins=[_divergence_plugin(self)], evaluator=EvaluationPlugin(loggers=[]),
                                  **options)
             except TypeError as e:
                 raise ConfigError(f"bad options for avalanche:{arg}: {e}") from None
@@ -231,6 +255,8 @@ class AvalancheBridge(Strategy):
             warnings.simplefilter("ignore")
             try:
                 self.av.train(av_exp, eval_streams=[])
+            except TrainingDiverged:
+                raise
             except Exception as e:  # name the combination; keep Avalanche's traceback
                 raise RuntimeError(f"avalanche:{self.av_name} failed on experience {exp.index} of a "
                                    f"{self.info.setting} stream: {type(e).__name__}: {e}") from e

@@ -99,3 +99,28 @@ def test_report_errors_are_clear(tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no result.json found" in capsys.readouterr().err
+
+
+def test_repeats_of_one_seed_count_once():
+    """Three runs of seed 7 are one sample (n = 1, no std), and the table says repeats exist."""
+    rows = aggregate([_fake("replay", 7, 0.8, 0.1), _fake("replay", 7, 0.8, 0.1), _fake("replay", 7, 0.8, 0.1)])
+    (r,) = rows
+    assert r["n"] == 1 and r["seeds"] == [7] and r["runs"] == 3
+    assert r["metrics"]["acc"] == {"mean": pytest.approx(0.8), "std": None, "n": 1}
+    assert "repeat" in render_table(rows) and "repeat" in render_table(rows, fmt="markdown")
+    assert list(csv.DictReader(io.StringIO(render_table(rows, fmt="csv"))))[0]["runs"] == "3"
+    # repeats that disagree (non-deterministic hardware) are averaged per seed before the spread over seeds
+    rows = aggregate([_fake("replay", 0, 0.8, 0.1), _fake("replay", 0, 0.6, 0.1), _fake("replay", 1, 0.5, 0.1)])
+    (r,) = rows
+    assert r["n"] == 2 and r["seeds"] == [0, 1] and r["runs"] == 3
+    assert r["metrics"]["acc"]["mean"] == pytest.approx(0.6)
+    assert r["metrics"]["acc"]["std"] == pytest.approx(0.1 * 2 ** 0.5)
+    assert "repeat" not in render_table(aggregate([_fake("naive", 0, 0.2, 0.9), _fake("naive", 1, 0.3, 0.9)]))
+
+
+def test_unknown_metric_is_refused_with_a_suggestion(runs, tmp_path):
+    from clbench.errors import UnknownNameError
+    from clbench.report import report
+    with pytest.raises(UnknownNameError, match="(?i)did you mean 'forgetting'"):
+        report(runs, out_dir=tmp_path / "rep", figures=False, metrics=["forgeting"])
+    assert not (tmp_path / "rep").exists()     # refused before anything is written
