@@ -714,8 +714,11 @@ def trial_rows(grid, spec: TuneSpec, n_exp: int) -> list[dict]:
         rows.append({"trial": trial_id, "params": dict(r.config or {}), "status": status, "experiences": exp,
                      "value": None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v),
                      "val_acc_seen": m.get("val_acc_seen"), "seconds": m.get("time_total_s"),
-                     "run_id": m.get("run_id")})
-    for n, row in enumerate(rows, 1):     # the ResultGrid lists trials in the order they were created
+                     "run_id": m.get("run_id"),
+                     "_start": (m.get("timestamp") or 0) - (m.get("time_total_s") or 0)})
+    # The ResultGrid of a restored search is not in creation order: order by when each trial started.
+    rows.sort(key=lambda row: row.pop("_start"))
+    for n, row in enumerate(rows, 1):
         row["n"] = n
     return rows
 
