@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     import ray
     import torch
     torch.set_num_threads(1)
+    from clbench.errors import RunInterrupted
     from clbench.leaderboard import build_submission, save_submission, validate_submission
     from clbench.leaderboard.render import render
     from clbench.leaderboard.verify import verification_status, verify_submission
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
                 if args.defaults:
                     default = tuning.default_runs(bench, strategy, track["extra"], out / "default", args.data_root)
                     rows.append(tuning.row(strategy, res, tuned, default))
-                sub = build_submission([out / "test"], name=strategy)
+                # this tune's test runs only (the folder may also hold runs of an older config or code)
+                sub = build_submission([out / "test" / r.run_id for r in res.test.runs], name=strategy)
                 issues = validate_submission(sub)
                 if issues:
                     raise RuntimeError("built submission does not validate: " + "; ".join(map(str, issues)))
@@ -119,6 +121,8 @@ def main(argv=None) -> int:
                                 "mean_seconds_per_seed": current["timing"]["mean_per_seed_s"]})
                 print(f"   test ACC {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % (n={acc['n']}) "
                       f"[{time.time() - t0:.0f}s]", flush=True)
+            except RunInterrupted:   # Ctrl-C / SIGTERM: stop here (the same command resumes)
+                raise
             except Exception as e:   # one broken method must not stop the others; reported at the end
                 traceback.print_exc()
                 track_failed.append(f"{bench}/{strategy}: {type(e).__name__}: {e}")

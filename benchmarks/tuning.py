@@ -152,6 +152,8 @@ def main(argv=None) -> int:
 
     import ray
     import torch
+
+    from clbench.errors import RunInterrupted
     torch.set_num_threads(1)
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     rows, failed = [], []
@@ -168,6 +170,8 @@ def main(argv=None) -> int:
             r = rows[-1]
             print(f"   val {_pct(r['val_default'])} -> {_pct(r['val_tuned'])}; test {_pm(r['test_default'])} -> "
                   f"{_pm(r['test_tuned'])} [{time.time() - t0:.0f}s]", flush=True)
+        except RunInterrupted:   # Ctrl-C / SIGTERM: stop here (the same command resumes)
+            raise
         except Exception as e:   # one failing strategy must not stop the others; reported at the end
             import traceback
             traceback.print_exc()
