@@ -11,9 +11,9 @@ arXiv:1812.00420. Follows the authors' code (facebookresearch/agem) and Mammoth 
         SGD step with g
     after the experience: store mem_per_experience random samples of it in the episodic memory
 
-Memory size: the paper stores a fixed number of samples per task (PMNIST: 250 = 25 per class); Mammoth
-instead splits a total `buffer_size` evenly over the tasks. Here `mem_per_experience` (paper); set it to
-buffer_size / n_experiences to reproduce Mammoth's setting.
+Memory size: the paper stores a fixed number of samples per task (`mem_per_experience`; PMNIST: 250 = 25 per
+class); Mammoth instead splits a total buffer evenly over the tasks (`buffer_size`: buffer_size // n_experiences
+samples of each experience; it overrides mem_per_experience when set).
 """
 from __future__ import annotations
 
@@ -54,13 +54,17 @@ class AGEM(Strategy):
     code = "facebookresearch/agem; aimagelab/mammoth models/agem.py"
     hparams = {
         "mem_per_experience": HP(250, "samples stored per experience (A-GEM paper, PMNIST)", low=0),
+        "buffer_size": HP(None, "total memory split evenly over the experiences, as Mammoth (null: "
+                                "mem_per_experience per experience)", type=int, low=0),
         "ref_batch_size": HP(256, "memory samples for the reference gradient (A-GEM paper)", low=1),
     }
     checkpoint_attrs = ("memory", "n_projected", "n_steps")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        capacity = int(self.hp.mem_per_experience) * self.info.n_experiences
+        self.per_experience = (int(self.hp.mem_per_experience) if self.hp.buffer_size is None
+                               else int(self.hp.buffer_size) // self.info.n_experiences)
+        capacity = self.per_experience * self.info.n_experiences
         # capacity covers every experience's share, so reservoir insertion just appends
         self.memory = ReservoirBuffer(capacity, self.device, self.generator)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -86,7 +90,7 @@ class AGEM(Strategy):
 
     def after_experience(self, exp: Experience) -> None:
         # 4. episodic memory: a random subset of this experience
-        n = min(int(self.hp.mem_per_experience), len(exp.train))
+        n = min(self.per_experience, len(exp.train))
         pos = torch.randperm(len(exp.train), generator=self.generator)[:n].to(exp.train.device)
         self.memory.add(exp.train.get(pos))
 

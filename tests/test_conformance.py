@@ -12,7 +12,8 @@ from clbench.strategy import Strategy
 from clbench.testing import check_strategy
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
-            "hlop", "owm", "clser"]
+            "hlop", "owm", "clser",
+            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)

@@ -14,7 +14,8 @@ from clbench.registry import CALLBACKS
 from clbench.strategy import Callback
 
 BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
-            "hlop", "owm", "clser"]
+            "hlop", "owm", "clser",
+            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss"]
 FAST = ["benchmark=split-digits", "dataset.train_per_class=30", "train.epochs=2", "train.batch_size=10",
         "wandb.mode=disabled", "progress=false", "device=cpu"]
 
