@@ -4,7 +4,8 @@ For each (track, method) below: `clbench tune` with the track's declared tuning 
 <name>.yaml, `protocol.tuning`: the same validation split, metric and trial budget for every method of the track;
 the test split is never evaluated while tuning), then the chosen configuration over seeds 0, 1, 2 on the test set,
 a submission built from those runs (it records the tuning: `selection`), validated, saved to
-leaderboard/submissions/, verified by re-running seed 0 (`--verify`), and the board rendered. With `--defaults` the
+leaderboard/submissions/, verified by re-running every seed (`--verify`, a record in
+leaderboard/verifications/), and the board rendered. With `--defaults` the
 default configuration is also run on the same seeds, for the default-vs-tuned table (benchmarks/results/
 tuning_<track>.md); the board itself only shows the tuned entries.
 
@@ -34,6 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tuning  # noqa: E402  (benchmarks/tuning.py: tune_entry, default_runs, row, markdown)
 
+from clbench.escape import slug  # noqa: E402  (run folder names)
+
 REPO = Path(__file__).resolve().parents[1]
 TRACKS = {
     "split-digits": {"methods": tuning.STRATEGIES, "extra": []},
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tracks", default=",".join(TRACKS), help=f"comma-separated subset of: {', '.join(TRACKS)}")
     ap.add_argument("--methods", help="comma-separated subset of the methods")
     ap.add_argument("--defaults", action="store_true", help="also run the default configs (default-vs-tuned table)")
-    ap.add_argument("--verify", action="store_true", help="re-run seed 0 of each new or unverified entry")
+    ap.add_argument("--verify", action="store_true", help="re-run every seed of each new or unverified entry (writes a verification record)")
     ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or tuning.data_root())
     ap.add_argument("--runs", default=str(REPO / "runs" / "leaderboard"))
     ap.add_argument("--board", default=str(REPO / "leaderboard"))
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
     from clbench.errors import RunInterrupted
     from clbench.leaderboard import build_submission, save_submission, validate_submission
     from clbench.leaderboard.render import render
-    from clbench.leaderboard.verify import verification_status, verify_submission
+    from clbench.leaderboard.verify import load_records, verification_status, verify_submission
 
     subs_dir = Path(args.board) / "submissions"
     methods = set(args.methods.split(",")) if args.methods else None
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
                 continue
             print(f"== {bench} / {strategy}", flush=True)
             t0 = time.time()
-            out = Path(args.runs) / bench / tuning.slug(strategy)
+            out = Path(args.runs) / bench / slug(strategy)
             try:
                 res, tuned = tuning.tune_entry(bench, strategy, track["extra"], out, [],
                                                args.data_root)
@@ -108,15 +111,17 @@ def main(argv=None) -> int:
                         (Path(args.board) / "heatmaps" / f"{stale.stem}.png").unlink(missing_ok=True)
                         print(f"   removed superseded {stale.name}")
                 written.add(path.name)
-                if args.verify and verification_status(json.loads(path.read_text()))["status"] != "verified":
-                    rec = verify_submission(path, seed=tuning.SEEDS[0], data_root=args.data_root)
-                    print(f"   verify seed {rec['seed']}: {'ok' if rec['verified'] else 'FAILED'} ({rec['reason']})")
                 current = json.loads(path.read_text())
+                records_dir = Path(args.board) / "verifications"
+                if args.verify and verification_status(current, load_records(records_dir)[0])["status"] != "verified":
+                    rec = verify_submission(path, data_root_dir=args.data_root, record_dir=records_dir)
+                    print(f"   verify every seed: {'ok' if rec['passed'] else 'FAILED'} "
+                          f"({'; '.join(e['reason'] for e in rec['seeds'])}); record {rec['file']}")
                 acc = current["summary"]["acc"]
                 summary.append({"benchmark": bench, "method": strategy, "overrides": track["extra"],
                                 "best": res.record["best"], "val_acc": res.record["best_value"],
                                 "acc_mean": acc["mean"], "acc_std": acc["std"], "n": acc["n"],
-                                "verified": verification_status(current)["status"], "file": path.name,
+                                "verified": verification_status(current, load_records(records_dir)[0])["status"], "file": path.name,
                                 "tune_wall_s": res.record["wall_s"],
                                 "mean_seconds_per_seed": current["timing"]["mean_per_seed_s"]})
                 print(f"   test ACC {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % (n={acc['n']}) "

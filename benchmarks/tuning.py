@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from clbench.escape import slug
+from clbench.metrics import mean_std
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
 STRATEGIES = ["naive", "replay", "joint", "cumulative", "agem", "der", "derpp", "ewc", "si", "lwf", "gdumb",
@@ -52,10 +55,6 @@ def space_settings(strategy: str) -> list[str]:
     return [f"space={name}"] if (REPO / "configs" / "tune" / f"{name}.yaml").is_file() else []
 
 
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
-
-
 def tune_entry(bench: str, strategy: str, extra: list[str], out: Path, settings: list[str], data_root: str):
     """Tune one strategy and run the chosen config on the test seeds; returns (TuneResult, test results)."""
     from clbench.results import load_result
@@ -79,13 +78,6 @@ def default_runs(bench: str, strategy: str, extra: list[str], out: Path, data_ro
     return [load_result(out / r.run_id) for r in res.runs]
 
 
-def mean_std(values: list) -> dict:
-    import numpy as np
-    v = [x for x in values if x is not None]
-    return {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-            "n": len(v)}
-
-
 def row(strategy: str, res, tuned: list[dict], default: list[dict]) -> dict:
     rec = res.record
     return {
@@ -106,7 +98,9 @@ def _pct(v) -> str:
 
 
 def _pm(s: dict) -> str:
-    return "–" if s["mean"] is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    if s["mean"] is None:
+        return "–"
+    return f"{100 * s['mean']:.2f}" + ("" if s["std"] is None else f" ± {100 * s['std']:.2f}")
 
 
 def markdown(name: str, bench: str, extra: list[str], rows: list[dict], failed: list[str]) -> str:

@@ -198,7 +198,8 @@ def load_benchmark(name: str) -> dict:
             raise ConfigError(f"section '{section}' of benchmark file {path} must be a mapping")
         if section in ("dataset", "scenario", "model") and not isinstance((data.get(section) or {}).get("name"), str):
             raise ConfigError(f"section '{section}' of benchmark file {path} must give a 'name'")
-    unknown = [k for k in data if k not in (*SECTIONS, "name", "version", "description", "protocol")]
+    # expected_stream: the stream's shape, read by the leaderboard only (clbench/leaderboard/validate.py)
+    unknown = [k for k in data if k not in (*SECTIONS, "name", "version", "description", "protocol", "expected_stream")]
     if unknown:
         raise ConfigError(f"unknown section '{unknown[0]}' in benchmark file {path}.{did_you_mean(unknown[0], SECTIONS)}")
     return data

@@ -342,13 +342,10 @@ def _interrupted(run: Run, sig: _Signals, checkpoint: Optional[Path], where: str
 
 
 def _metrics(rows: list, initial: dict, stream: Stream, reference) -> dict:
-    learned = stream.learned_rows()
-    R = [r["acc"] for r in rows]
-    metrics = M.compute_all(R, initial["acc"], learned, reference=reference and reference["accuracy"],
-                            task_sizes=initial["n"])
-    if stream.setting == "class-il":
-        metrics["acc_task_masked"] = M.acc([r["acc_task_masked"] for r in rows], learned)  # task-IL accuracy
-    return metrics
+    # the one metrics function `report` and the leaderboard's submit/validate use too
+    masked = [r["acc_task_masked"] for r in rows] if stream.setting == "class-il" else None
+    return M.summarize([r["acc"] for r in rows], initial["acc"], stream.learned_rows(), setting=stream.setting,
+                       task_sizes=initial["n"], task_masked=masked, reference=reference and reference["accuracy"])
 
 
 def _result(run: Run, P: _Progress, anytime, t_start: float) -> dict:

@@ -250,6 +250,44 @@ def compute_all(R, initial, learned_at=None, reference: Optional[Sequence[float]
     return out
 
 
+def summarize(R, initial, learned_at=None, *, setting: Optional[str] = None,
+              task_sizes: Optional[Sequence[int]] = None, task_masked=None,
+              reference: Optional[Sequence[float]] = None,
+              anytime_acc_seen: Optional[Sequence[Optional[float]]] = None) -> dict:
+    """The metrics dict of one run: the one function the engine (result.json `metrics`), `clbench report`
+    and the leaderboard's `submit` and `validate` share, so they cannot disagree.
+
+    Every metric of `compute_all`; `intransigence` with a reference a*; `anytime_acc_auc` with the anytime
+    curve; `acc_task_masked` (final accuracy of the task-masked R) in class-IL only: in task-IL the task id
+    is already given at test time and in domain-IL every task holds every class, so there the mask changes
+    nothing and the number would only repeat `acc`.
+    """
+    out = compute_all(R, initial, learned_at, reference=reference, task_sizes=task_sizes)
+    if setting == "class-il" and task_masked is not None:
+        out["acc_task_masked"] = acc(task_masked, learned_at)
+    if anytime_acc_seen is not None:
+        out["anytime_acc_auc"] = anytime_auc(anytime_acc_seen)
+    return out
+
+
+def mean_std(values) -> dict:
+    """{"mean", "std", "n"} over seeds: the one place clbench aggregates repeats (report, sweep summaries,
+    leaderboard summaries, figures).
+
+    `values` are numbers, or equally shaped arrays (e.g. one accuracy matrix per seed; mean and std are
+    then arrays). Undefined values (None, NaN) are left out and `n` counts the rest. `std` is the sample
+    standard deviation (ddof = 1), None for a single value; `mean` is None when nothing is left.
+    """
+    kept = [v for v in values if v is not None and not np.isnan(np.asarray(v, dtype=np.float64)).any()]
+    if not kept:
+        return {"mean": None, "std": None, "n": 0}
+    a = np.asarray(kept, dtype=np.float64)
+    mean, std = a.mean(0), (a.std(0, ddof=1) if len(kept) > 1 else None)
+    if a.ndim == 1:
+        mean, std = float(mean), (None if std is None else float(std))
+    return {"mean": mean, "std": std, "n": len(kept)}
+
+
 def direction(name: str) -> str:
     """'+' (higher is better) or '-' (lower is better)."""
     if name in METRICS:

@@ -1,8 +1,9 @@
 """Figures drawn from result.json files (matplotlib, headless). Accuracies are shown in %.
 
 Every function takes one result or a list of results of the same configuration (its seeds) and draws
-the mean over seeds, with the spread (std) where there is more than one seed. Figures are returned open;
-`save` writes a PNG and closes it.
+the mean over seeds, with the spread (std) where there is more than one seed (clbench.metrics.mean_std).
+Figures are returned open; `save` writes a PNG and closes it. Text taken from results goes through
+clbench.escape.plot_text, so a name such as `$\\macro$` is drawn as written, never parsed as mathtext.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clbench.metrics import acc_seen, describe, direction  # noqa: E402
+from clbench.escape import plot_text  # noqa: E402
+from clbench.metrics import acc_seen, describe, direction, mean_std  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -30,7 +32,7 @@ def _title(results: list[dict], what: str, label: str | None = None) -> str:
     name = label or cfg.get("strategy", {}).get("name", "")
     seeds = sorted({r.get("seed") for r in results})
     seed_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(results)} runs (seeds {', '.join(map(str, seeds))})"
-    return f"{what}\n{bench} / {name} - {seed_txt}"
+    return f"{what}\n{plot_text(bench)} / {plot_text(name)} - {seed_txt}"
 
 
 def _stack(results: list[dict], key: str) -> np.ndarray:
@@ -63,8 +65,8 @@ def heatmap_figure(results, label: str | None = None):
     results = _as_list(results)
     R = _stack(results, "accuracy_matrix")
     b = _stack([{"m": [r["initial_accuracy"]]} for r in results], "m")
-    M = np.concatenate([b, R], axis=1)          # runs x (1 + rows) x cols
-    mean, std = M.mean(0), (M.std(0, ddof=1) if len(results) > 1 else None)
+    stats = mean_std(list(np.concatenate([b, R], axis=1)))   # over runs of (1 + rows) x cols
+    mean, std = stats["mean"], stats["std"]
     n_rows, n_cols = mean.shape
     fig, ax = plt.subplots(figsize=(1.6 + 0.85 * n_cols, 1.3 + 0.6 * n_rows), dpi=120)
     im = ax.imshow(mean, cmap="viridis", vmin=0, vmax=100, aspect="auto")
@@ -95,9 +97,9 @@ def task_curves_figure(results, label: str | None = None):
     results = _as_list(results)
     R = _stack(results, "accuracy_matrix")
     b = _stack([{"m": [r["initial_accuracy"]]} for r in results], "m")
-    M = np.concatenate([b, R], axis=1)
-    mean = M.mean(0)
-    std = M.std(0, ddof=1) if len(results) > 1 else np.zeros_like(mean)
+    stats = mean_std(list(np.concatenate([b, R], axis=1)))
+    mean = stats["mean"]
+    std = stats["std"] if stats["std"] is not None else np.zeros_like(mean)
     x = np.arange(mean.shape[0])
     learned = _learned_at(results[0])
     labels = [lab.replace("\n", " ") for lab in _task_labels(results)]
@@ -150,11 +152,12 @@ def anytime_figure(results, label: str | None = None):
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     for j in range(per_task.shape[1]):
         ax.plot(steps, per_task[:, j], lw=0.9, alpha=0.55, color=COLORS[j % len(COLORS)], label=f"T{j}")
-    m = seen.mean(0)
+    stats = mean_std(list(seen))
+    m = stats["mean"] if stats["n"] else seen.mean(0)   # a curve with undefined points: plain mean, no band
     seen_label = "seen tasks" if a0.get("accuracy_rule", "seen_tasks") == "seen_tasks" else "exposed classes"
     ax.plot(steps, m, color="black", lw=2.2, label=f"{seen_label} (area {np.nanmean(m):.1f}%)")
-    if len(curves) > 1:
-        s = seen.std(0, ddof=1)
+    if stats["std"] is not None:
+        s = stats["std"]
         ax.fill_between(steps, m - s, m + s, color="black", alpha=0.15, lw=0)
     for st in a0.get(row_key, [])[1:-1]:
         ax.axvline(st, color="grey", ls=":", lw=1)
@@ -173,7 +176,7 @@ def comparison_figure(rows: Sequence[dict], metrics: Sequence[str], title: str =
     nrows = (n + ncols - 1) // ncols
     width = max(3.4, 0.55 * len(rows) + 1.4)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.3 * nrows + 0.6), dpi=120, squeeze=False)
-    labels = [r["label"] for r in rows]
+    labels = [plot_text(r["label"]) for r in rows]
     for k, name in enumerate(metrics):
         ax = axes[k // ncols][k % ncols]
         vals = [r["metrics"].get(name, {}) for r in rows]
@@ -198,7 +201,7 @@ def comparison_figure(rows: Sequence[dict], metrics: Sequence[str], title: str =
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
     ns = sorted({r["n"] for r in rows})
-    fig.suptitle(f"{title} - mean ± std over seeds (n = {', '.join(map(str, ns))})", fontsize=10)
+    fig.suptitle(f"{plot_text(title)} - mean ± std over seeds (n = {', '.join(map(str, ns))})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -215,19 +218,20 @@ def accuracy_curves_figure(groups: Sequence[tuple[str, list[dict]]], title: str 
             curves.append([100 * _nan(acc_seen(R[i], L, i)) for i in range(R.shape[0])])
         if len({len(c) for c in curves}) != 1:
             continue
-        C = np.asarray(curves)
-        x = np.arange(C.shape[1])
+        stats = mean_std([np.asarray(cv) for cv in curves])
+        m = stats["mean"] if stats["n"] else np.nanmean(curves, axis=0)
+        x = np.arange(len(m))
         c = COLORS[k % len(COLORS)]
-        ax.plot(x, C.mean(0), "-o", color=c, ms=4, lw=1.8, label=f"{label} (n={len(results)})")
-        if len(results) > 1:
-            s = C.std(0, ddof=1)
-            ax.fill_between(x, C.mean(0) - s, C.mean(0) + s, color=c, alpha=0.15, lw=0)
+        ax.plot(x, m, "-o", color=c, ms=4, lw=1.8, label=f"{plot_text(label)} (n={len(results)})")
+        if stats["std"] is not None:
+            s = stats["std"]
+            ax.fill_between(x, m - s, m + s, color=c, alpha=0.15, lw=0)
     ax.set_xlabel("after training experience")
     ax.set_ylabel("mean accuracy on tasks learned so far (%)")
     ax.set_ylim(-3, 103)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{title} - accuracy along the stream (mean ± std over seeds)", fontsize=9)
+    ax.set_title(f"{plot_text(title)} - accuracy along the stream (mean ± std over seeds)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig

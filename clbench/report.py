@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
-from clbench.errors import UnknownNameError
-from clbench.metrics import direction
+from clbench.errors import ResultFileError, UnknownNameError
+from clbench.escape import markdown_cell, slug
+from clbench.metrics import direction, mean_std
 from clbench.provenance import identity, short_id
 from clbench.registry import did_you_mean
-from clbench.results import check_out_dir, find_results, write_text_atomic
+from clbench.results import check_out_dir, find_results, load_result, write_text_atomic
 
 # Shown in the printed table when present (all metrics go to the CSV).
 TABLE_METRICS = ("acc", "forgetting", "bwt", "fwt", "learning_accuracy", "forgetting_first", "acc_task_masked",
@@ -44,17 +43,14 @@ CHART_METRICS = ("acc", "forgetting", "bwt", "learning_accuracy", "fwt", "acc_ta
 
 # ----- finding and loading runs ----------------------------------------------------------------------
 def load_results(path) -> list[dict]:
-    """The results under PATH; files that are not clbench results are skipped with a note on stderr."""
-    from clbench.results import load_result
+    """The results under PATH, each checked against the result schema (clbench.schema); a damaged or
+    foreign file is skipped with a one-line warning on stderr."""
     out = []
     for p in find_results(path):
         try:
             r = load_result(p)
-        except (OSError, ValueError) as e:
-            print(f"clbench report: skipping {p} ({type(e).__name__}: {e})", file=sys.stderr)
-            continue
-        if "accuracy_matrix" not in r or "metrics" not in r:
-            print(f"clbench report: skipping {p} (not a clbench result.json)", file=sys.stderr)
+        except ResultFileError as e:
+            print(f"clbench report: skipping {e}", file=sys.stderr)
             continue
         r["_path"] = str(p.parent)
         out.append(r)
@@ -95,15 +91,6 @@ def _semantic(cfg: dict) -> dict:
     return _flatten({k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS and k not in SEED_KEYS})
 
 
-def _stats(values: list[float]) -> dict:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return {"mean": mean, "std": std, "n": len(vals)}
-
-
 def _seed(result: dict) -> tuple:
     """What makes two runs of one configuration independent samples: the training and the stream seed."""
     cfg = result.get("config") or {}
@@ -116,7 +103,7 @@ def _per_seed(rs: list[dict], name: str) -> list:
     by_seed: dict[tuple, list] = {}
     for r in rs:
         by_seed.setdefault(_seed(r), []).append(r["metrics"].get(name))
-    return [_stats(values)["mean"] for values in by_seed.values()]
+    return [mean_std(values)["mean"] for values in by_seed.values()]
 
 
 def _short(key: str) -> str:
@@ -164,7 +151,7 @@ def aggregate(results: list[dict], pool: bool = False) -> list[dict]:
             "seeds": sorted({s for s, _ in seeds}, key=lambda s: (str(type(s)), s)),
             "run_ids": [r.get("run_id") for r in rs],
             "config_diff": diff,
-            "metrics": {n: _stats(_per_seed(rs, n)) for n in names},
+            "metrics": {n: mean_std(_per_seed(rs, n)) for n in names},
         })
     rows.sort(key=lambda row: (row["benchmark"], -(row["metrics"].get("acc", {}).get("mean") or 0.0), row["label"]))
     return rows
@@ -225,7 +212,7 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
     repeats = _repeats_note(rows)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        lines += ["| " + " | ".join(markdown_cell(c, 1000) for c in row) + " |" for row in body]
         lines.append("")
         lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1); n = distinct seeds. "
                      "(+) higher is better, (-) lower is better; definitions in docs/metrics.md. "
@@ -270,10 +257,6 @@ def _note_split_groups(rows: Sequence[dict], stream) -> None:
             print(f"note: {bench} / {label}: {len(ids)} groups of the same configuration from different code or "
                   f"data ({', '.join(ids)}); they are kept apart (--pool merges them)", file=stream)
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
-
-
 def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
                  pool: bool = False) -> dict:
     """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths."""
@@ -297,7 +280,7 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
                 rs = [r for r in rs if len(r["accuracy_matrix"]) == len(rs[0]["accuracy_matrix"])]
             by_bench.setdefault(row["benchmark"], []).append((row, rs))
             ident = "" if pool else "_" + row["identity"].replace("/", "-")
-            stem = _slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}{ident}")
+            stem = slug(f"{row['benchmark']}_{row['label']}_{row['group_hash'][:8]}{ident}")
             written.append(plots.save(plots.heatmap_figure(rs, row["label"]), out / f"heatmap_{stem}.png"))
             written.append(plots.save(plots.task_curves_figure(rs, row["label"]), out / f"tasks_{stem}.png"))
             fig = plots.anytime_figure(rs, row["label"])
@@ -308,9 +291,9 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
                 continue
             bench_rows = [row for row, _ in items]
             written.append(plots.save(plots.comparison_figure(bench_rows, metrics or CHART_METRICS, bench),
-                                      out / f"compare_{_slug(bench)}.png"))
+                                      out / f"compare_{slug(bench)}.png"))
             written.append(plots.save(plots.accuracy_curves_figure([(row["label"], rs) for row, rs in items], bench),
-                                      out / f"curves_{_slug(bench)}.png"))
+                                      out / f"curves_{slug(bench)}.png"))
     return {"rows": rows, "files": [str(p) for p in written]}
 
 

@@ -16,14 +16,16 @@ import re
 import secrets
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
-from clbench.errors import StorageError
+from clbench.errors import ResultFileError, StorageError
+from clbench.schema import RESULT_VERSION as SCHEMA_VERSION  # noqa: F401  (the engine writes it)
+from clbench.schema import load_result as _load_checked
+from clbench.schema import schema as _schema
 
-SCHEMA_VERSION = 1
-REQUIRED_KEYS = ("schema_version", "run_id", "config", "config_hash", "seed", "stream", "accuracy_matrix",
-                 "initial_accuracy", "metrics", "timing", "env")
+REQUIRED_KEYS = tuple(_schema("result")["required"])   # the schema (clbench/schemas/result.json) decides
 
 
 def storage_error(e: OSError, path) -> StorageError:
@@ -73,20 +75,26 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def check_out_dir(out, key: str = "out") -> Path:
-    """Fail at once, before anything is built or written, when `out` cannot hold run folders: a file in
-    the way, a folder this process may not write, or a name longer than the file system allows."""
+    """Fail at once, before anything is built or written, when `out` cannot hold what a command writes (run
+    folders, a board, verification records): a file in the way, a folder this process may not write, or a
+    name longer than the file system allows. The option is named `key` in the one-line error."""
     path = Path(str(out)).expanduser()
     for part in path.parts:
         if len(part.encode()) > NAME_MAX:
-            raise StorageError(f"cannot write runs to '{key}': the folder name '{part[:40]}...' is longer than "
+            raise StorageError(f"cannot write into '{key}': the folder name '{part[:40]}...' is longer than "
                                f"{NAME_MAX} bytes")
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise StorageError(f"cannot write runs to '{key}': {path} is not a folder ({probe} is a file)")
+        raise StorageError(f"cannot write into '{key}': {path} is not a folder ({probe} is a file)")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise StorageError(f"cannot write runs to '{key}': {probe} is not writable (choose another {key}=)")
+        raise StorageError(f"cannot write into '{key}': {probe} is not writable (choose another {key}=)")
+    try:   # and try it: root passes os.access where nothing can be written (/proc, a read-only mount)
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise StorageError(f"cannot write into '{key}': {probe} is not writable ({e.strerror or e}; choose "
+                           f"another {key}=)") from None
     return path
 
 
@@ -103,38 +111,40 @@ def _json_default(o):
 
 
 def load_result(path) -> dict:
-    """A run's result.json (give the file or its run folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "result.json"
-    with open(path) as f:
-        return json.load(f)
+    """A run's result.json (give the file or its run folder), read with size and depth limits, migrated to
+    the current schema version and checked against the schema, its config hash and R (clbench.schema).
+    Raises ResultFileError (one line naming the file and the problem) for anything else."""
+    return _load_checked(path)
 
 
-def find_results(path) -> list[Path]:
-    """Every result.json under PATH (a run folder, a folder of runs, or a result.json), skipping
-    unfinished `.<run>.partial` folders and W&B folders."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise FileNotFoundError(f"no such run folder: {path}")
-    found = []
-    for p in sorted(path.rglob("result.json")):
-        rel = p.relative_to(path).parts[:-1]
-        if any(part.startswith(".") or part == "wandb" for part in rel):
+def find_results(paths) -> list[Path]:
+    """Every result.json under PATHS (one path or a list: run folders, folders of runs, result.json files),
+    sorted and each once, skipping unfinished `.<run>.partial` folders and W&B folders."""
+    found = set()
+    for path in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        if path.is_file():
+            found.add(path)
             continue
-        found.append(p)
-    return found
+        if not path.exists():
+            raise FileNotFoundError(f"no such run folder: {path}")
+        for p in path.rglob("result.json"):
+            rel = p.relative_to(path).parts[:-1]
+            if not any(part.startswith(".") or part == "wandb" for part in rel):
+                found.add(p)
+    return sorted(found)
 
 
 def is_complete(run_dir) -> bool:
-    """True when the folder holds a result.json with every required key."""
-    try:
-        r = load_result(run_dir)
-    except (OSError, ValueError):
+    """True when the folder holds a sound result.json (see load_result); a damaged one is not complete."""
+    path = Path(run_dir) / "result.json"
+    if not path.exists():
         return False
-    return all(k in r for k in REQUIRED_KEYS)
+    try:
+        load_result(path)
+    except ResultFileError as e:
+        print(f"clbench: warning: {e}; the run counts as not finished", file=sys.stderr)
+        return False
+    return True
 
 
 NAME_MAX = 255    # bytes in one file name on Linux and macOS file systems

@@ -62,7 +62,10 @@ def _is_real_png(path, min_bytes=10_000):
 
 
 def test_report_command_prints_table_and_writes_figures(runs, capsys):
-    assert len(find_results(runs)) == 4
+    found = find_results(runs)
+    assert len(found) == 4
+    # several paths at once (submit takes run and sweep folders): sorted, each result once
+    assert find_results([found[2].parent, runs, str(found[0])]) == found
     assert cli.main(["report", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "4 run(s) in 2 configuration(s)" in out

@@ -310,7 +310,10 @@ def test_provenance_is_validated_and_shown_on_the_board(tmp_path):
     forged["selection"]["tuning"]["best"]["train.lr"] = 0.05              # a record that did not choose this config
     assert any(i.code == "selection" and "train.lr" in i.message for i in validate_submission(forged))
     forged["selection"]["tuning"].update(best={"train.lr": 0.02}, test_evaluated=True)
-    assert any(i.code == "selection" for i in validate_submission(forged))
+    assert any(i.code == "schema" and "selection.tuning.test_evaluated" in i.message   # the strict schema
+               for i in validate_submission(forged))
+    forged["selection"]["tuning"].update(test_evaluated=False, sneaked="x")       # no unknown keys either
+    assert any(i.code == "schema" and "sneaked" in i.message for i in validate_submission(forged))
 
     subs = tmp_path / "subs"
     save_submission(tuned, subs)

@@ -1,11 +1,13 @@
 """Leaderboard tooling: build, validate, verify and render submissions (docs/leaderboard.md).
 
-A track is a shipped benchmark at a fixed version (configs/benchmark/<name>.yaml). A submission is one
-JSON file in leaderboard/submissions/ carrying the resolved config, >= 3 seeds with their full accuracy
+A track is a shipped benchmark at a fixed version (configs/benchmark/<name>.yaml, with its
+expected_stream). A submission is one JSON file in leaderboard/submissions/ (schema:
+clbench/schemas/submission.json) carrying the resolved config, >= 3 seeds with their full accuracy
 matrices, the claimed metrics, the environment and timing:
 
-    build_submission(run dirs)  ->  validate (internal consistency, recomputed metrics)
-                                ->  verify (re-run one seed, compare R)  ->  render (LEADERBOARD.md, index.html)
+    build_submission(run dirs)  ->  validate (schema, track protocol, hashes, metrics recomputed from R)
+                                ->  verify (re-run every seed, compare; --record: leaderboard/verifications/)
+                                ->  render (LEADERBOARD.md, index.html; "✓ verified" only from records)
 """
 from clbench.leaderboard.submission import (SUBMISSION_SCHEMA, build_submission, load_submission,
                                             save_submission, seed_free_config, seed_free_hash,

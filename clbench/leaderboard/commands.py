@@ -1,8 +1,10 @@
-"""`clbench leaderboard {submit,validate,verify,render}`: argument parsing and printing only."""
+"""`clbench leaderboard {submit,validate,verify,migrate,render}`: argument parsing and printing only."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from clbench.escape import one_line
 
 DEFAULT_DIR = "leaderboard"
 
@@ -27,27 +29,42 @@ def add_parser(sub) -> None:
     s.add_argument("--out", default=f"{DEFAULT_DIR}/submissions", help="submissions folder")
     s.add_argument("--force", action="store_true", help="replace an existing submission with the same id")
 
-    v = lsub.add_parser("validate", help="check submissions (schema, shapes, seeds, hashes, recomputed metrics)")
+    v = lsub.add_parser("validate", help="check submissions (schema, track protocol, seeds, hashes, metrics)")
     v.add_argument("files", nargs="*", help=f"submission files (default: {DEFAULT_DIR}/submissions/*.json)")
 
-    r = lsub.add_parser("verify", help="re-run one seed of a submission and compare R; records the result")
+    r = lsub.add_parser("verify", help="re-run every seed of a submission and compare R; --record writes the record",
+                        description="Re-run the seeds of a submission from its config and compare what they measure "
+                                    "with the submitted R. The verifier chooses the seeds, the tolerance, the data "
+                                    "root and the time limit; nothing in the file does (docs/leaderboard.md).")
     r.add_argument("file")
-    r.add_argument("--seed", type=int, help="which seed to re-run (default: the first)")
+    r.add_argument("--seeds", help="comma-separated subset of the submission's seeds to re-run (default: all)")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    r.add_argument("--atol", type=float, help="absolute tolerance on R (default: 1e-9 on the same device class "
-                                              "and torch version, else 0.02)")
-    r.add_argument("--data-root", help="data root for the re-run (default: $CLBENCH_DATA, else the submitted one)")
-    r.add_argument("--no-write", action="store_true", help="do not append the record to the submission file")
+    r.add_argument("--atol", type=float, help="loosen the tolerance on |dR| (default: exact, 1e-9)")
+    r.add_argument("--data-root", help="the verifier's data root (default: $CLBENCH_DATA, else ./data); never "
+                                       "the submission's, and nothing is downloaded")
+    r.add_argument("--timeout", type=float, default=3600.0,
+                   help="wall-clock limit in seconds for all re-runs together (default: 3600)")
+    r.add_argument("--record", nargs="?", const=f"{DEFAULT_DIR}/verifications", metavar="DIR",
+                   help=f"write the verification record into DIR (default DIR: {DEFAULT_DIR}/verifications)")
+    r.add_argument("--verifier", help="who verifies, stored in the record (default: git user.name, else $USER)")
+    r.add_argument("--cpu-isa", choices=["avx2", "avx512"],
+                   help="pin torch/MKL/oneDNN CPU kernels to this instruction set (default: what each run recorded in "
+                        "env.cpu_capability, else not pinned)")
+
+    m = lsub.add_parser("migrate", help="convert older submission files to the current format, in place")
+    m.add_argument("files", nargs="+")
 
     d = lsub.add_parser("render", help=f"write {DEFAULT_DIR}/LEADERBOARD.md, index.html and heatmaps")
     d.add_argument("--submissions", default=f"{DEFAULT_DIR}/submissions")
+    d.add_argument("--verifications", help="verification records (default: <submissions>/../verifications)")
     d.add_argument("--out", default=DEFAULT_DIR)
     d.add_argument("--tuned-only", action="store_true",
                    help="only entries whose config was tuned on validation (clbench tune; docs/tuning.md)")
 
 
 def run(args) -> int:
-    return {"submit": _submit, "validate": _validate, "verify": _verify, "render": _render}[args.lb_command](args)
+    return {"submit": _submit, "validate": _validate, "verify": _verify, "migrate": _migrate,
+            "render": _render}[args.lb_command](args)
 
 
 def _submit(args) -> int:
@@ -70,11 +87,7 @@ def _submit_one(args, select) -> int:
         print("clbench: error: the built submission does not validate:\n" +
               "\n".join(f"  {i}" for i in issues), file=sys.stderr)
         return 1
-    try:
-        path = save_submission(sub, args.out, overwrite=args.force)
-    except FileExistsError as e:
-        print(f"clbench: error: {e}", file=sys.stderr)
-        return 2
+    path = save_submission(sub, args.out, overwrite=args.force)   # SubmissionError: one line, exit 2
     acc = sub["summary"].get("acc", {})
     print(f"{sub['benchmark']['name']} v{sub['benchmark']['version']} / {sub['method']['name']}: "
           f"ACC {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % over seeds {sub['seeds']} "
@@ -94,35 +107,56 @@ def _validate(args) -> int:
         issues = validate_file(f)
         if issues:
             bad += 1
-            print(f"INVALID {f}")
+            print(f"INVALID {one_line(f)}")   # a file name is free text too (no terminal escapes)
             for i in issues:
                 print(f"  {i}")
         else:
-            print(f"ok      {f}")
+            print(f"ok      {one_line(f)}")
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 
 
 def _verify(args) -> int:
+    from clbench.errors import bad_value
     from clbench.leaderboard.verify import verify_submission
-    rec = verify_submission(args.file, seed=args.seed, device=args.device, atol=args.atol,
-                            data_root=args.data_root, write=not args.no_write)
-    word = "VERIFIED" if rec["verified"] else "NOT VERIFIED"
-    print(f"{word}: seed {rec['seed']} re-run on {rec['device']} in {rec['wall_s']:.1f}s; {rec['reason']} "
-          f"[{rec['tolerance_rule']}]")
-    if not rec["source_match"]:
-        print(f"note: the installed source differs from the submitted one in: {', '.join(rec['source_mismatch'])}")
-    if not args.no_write:
-        print(f"record appended to {args.file}")
-    return 0 if rec["verified"] else 1
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise bad_value("--seeds", f"expected comma-separated integers, got {args.seeds!r}") from None
+    rec = verify_submission(args.file, seeds=seeds, device=args.device, atol=args.atol, data_root_dir=args.data_root,
+                            timeout=args.timeout, record_dir=args.record, verifier=args.verifier,
+                            cpu_isa=args.cpu_isa)
+    for e in rec["seeds"]:
+        print(f"seed {e['seed']}: {'ok  ' if e['passed'] else 'FAIL'} {e['reason']}")
+    done = [e["seed"] for e in rec["seeds"]]
+    word = ("VERIFIED" if rec["all_seeds"] else "PARTLY VERIFIED") if rec["passed"] else "NOT VERIFIED"
+    print(f"{word}: seeds {', '.join(map(str, done))} of {rec['submission_id']} re-run on "
+          f"{rec['environment']['device']} by {rec['verifier']} in {rec['wall_s']:.1f}s "
+          f"[tolerance: {rec['tolerance_rule']}]")
+    if rec["source_mismatch"]:
+        diff = rec["source_mismatch"]
+        print(f"note: the code that re-ran differs from the submitted code in {len(diff)} module(s): "
+              f"{', '.join(diff[:10])}{', ...' if len(diff) > 10 else ''}")
+    if "file" in rec:
+        print(f"record: {rec['file']}")
+    return 0 if rec["passed"] else 1
+
+
+def _migrate(args) -> int:
+    from clbench.leaderboard.submission import migrate_file
+    for f in args.files:
+        print(migrate_file(f))
+    return 0
 
 
 def _render(args) -> int:
     from clbench.leaderboard.render import render
-    out = render(args.submissions, args.out, tuned_only=args.tuned_only)
+    out = render(args.submissions, args.out, args.verifications, tuned_only=args.tuned_only)
     print(f"{len(out['entries'])} entries -> {out['markdown']}, {out['html']}, {len(out['heatmaps'])} heatmaps")
     for path, issues in out["rejected"].items():
-        print(f"rejected {path}:", file=sys.stderr)
+        print(f"not ranked {one_line(path)}:", file=sys.stderr)
         for i in issues:
             print(f"  {i}", file=sys.stderr)
     return 1 if out["rejected"] else 0

@@ -1,8 +1,11 @@
 """Render the board: leaderboard/LEADERBOARD.md and a static, sortable leaderboard/index.html, one table
 per track (benchmark at its shipped version), plus a heatmap PNG of each entry's mean accuracy matrix.
 
-Only submissions that validate are shown; the others are reported. The output has no timestamps, so
-rendering the same submissions twice gives the same files (clean diffs in git).
+Only submissions that validate are shown; the others are reported. The board holds one entry per
+configuration: when two files share a benchmark and config_hash, a verified one is shown and the others
+are listed as duplicates; when none (or several) is verified, all of them are listed and none is ranked.
+File names never decide. Every free-text value is escaped for its output (clbench.escape). The output
+has no timestamps, so rendering the same submissions twice gives the same files (clean diffs in git).
 
 The page sorts client-side (plain JS, no dependencies): click a column header; click again to reverse.
 A URL hash `#sort=<table id>:<column key>[:asc|desc]` clicks the header on load (used by the headless
@@ -10,28 +13,26 @@ browser test and handy for sharing a sorted view).
 """
 from __future__ import annotations
 
-import html
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from clbench import metrics as M
 from clbench.config import benchmark_names, load_benchmark
+from clbench.escape import html_text, markdown_cell
 from clbench.leaderboard import selection
-from clbench.leaderboard.validate import ValidationIssue, validate_file
-from clbench.leaderboard.verify import verification_status
-from clbench.results import write_text_atomic
+from clbench.leaderboard.submission import load_submission
+from clbench.leaderboard.validate import ValidationIssue, leaderboard_track, validate_file
+from clbench.leaderboard.verify import load_records, verification_status
+from clbench.results import check_out_dir, write_text_atomic
 
 # Columns shown per track: (summary key, header). acc_task_masked only where a track has it.
 METRIC_COLUMNS = [("acc", "ACC"), ("forgetting", "Forgetting"), ("bwt", "BWT"), ("fwt", "FWT"),
                   ("learning_accuracy", "LA"), ("acc_task_masked", "Task-IL ACC")]
-STATUS_ORDER = {"verified": 3, "unverified": 2, "stale": 1, "failed": 0}
-STATUS_TEXT = {"verified": "✓ verified", "unverified": "– not yet", "stale": "? changed since",
-               "failed": "✗ failed"}
+STATUS_ORDER = {"verified": 3, "partial": 2.5, "unverified": 2, "stale": 1, "failed": 0}
+STATUS_TEXT = {"verified": "✓ verified", "partial": "◐ some seeds", "unverified": "– not yet",
+               "stale": "? changed since", "failed": "✗ failed"}
 
 
 @dataclass
@@ -71,6 +72,21 @@ def deviations(sub: dict, shipped: dict) -> list[str]:
     return out
 
 
+def _status_tip(e: Entry) -> str:
+    rec = e.status["record"]
+    if rec is None:
+        return "no verification record for this submission in leaderboard/verifications/"
+    seeds = "; ".join(f"seed {x['seed']}: {x['reason']}" for x in rec["seeds"])
+    return (f"re-run by {rec['verifier']} on {rec['date']} ({rec['environment'].get('device')}, torch "
+            f"{rec['environment'].get('torch')}), tolerance {rec['tolerance_rule']}: {seeds}")
+
+
+def _code_tip(e: Entry) -> str:
+    m = e.sub["method"]
+    return (f"{m['package']} {m['package_version'] or ''} {m['entry_point']}; source hash "
+            f"{m['source_hash'][:12]}")
+
+
 def _hp_text(e: Entry) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(e.sub["method"].get("hyperparameters", {}).items()))
 
@@ -91,8 +107,8 @@ def write_heatmap(sub: dict, path: Path) -> Path:
 
     from clbench.plots import heatmap_figure
     runs = sub["runs"]
-    mean = {"accuracy_matrix": np.mean([r["accuracy_matrix"] for r in runs], axis=0).tolist(),
-            "initial_accuracy": np.mean([r["initial_accuracy"] for r in runs], axis=0).tolist(),
+    mean = {"accuracy_matrix": M.mean_std([r["accuracy_matrix"] for r in runs])["mean"].tolist(),
+            "initial_accuracy": M.mean_std([r["initial_accuracy"] for r in runs])["mean"].tolist(),
             "config": {"benchmark": {"name": f"{sub['benchmark']['name']} v{sub['benchmark']['version']}"},
                        "strategy": {"name": sub["method"]["name"]}},
             "seed": f"mean of {len(runs)} ({', '.join(str(r['seed']) for r in runs)})"}
@@ -103,23 +119,47 @@ def write_heatmap(sub: dict, path: Path) -> Path:
     return path
 
 
-def collect(submissions_dir) -> tuple[list[Entry], dict[Path, list[ValidationIssue]]]:
-    entries, rejected = [], {}
-    for path in sorted(Path(submissions_dir).glob("*.json")):
+def collect(submissions_dir, records_dir=None) -> tuple[list[Entry], dict[Path, list[ValidationIssue]]]:
+    """The entries to rank and {path: issues} for every file not ranked (invalid, duplicate configuration,
+    unreadable verification record). Records default to `<submissions_dir>/../verifications`."""
+    submissions_dir = Path(submissions_dir)
+    records, bad_records = load_records(records_dir or submissions_dir.parent / "verifications")
+    valid, rejected = [], {}
+    for path in sorted(submissions_dir.glob("*.json")):
         issues = validate_file(path)
         if issues:
             rejected[path] = issues
             continue
-        with open(path) as f:
-            sub = json.load(f)
-        twin = next((e for e in entries if e.sub["config_hash"] == sub["config_hash"]
-                     and e.sub["benchmark"] == sub["benchmark"]), None)
-        if twin is not None:  # the same configuration twice (e.g. under two names) would count it twice
-            rejected[path] = [ValidationIssue("duplicate", f"same benchmark and config_hash as {twin.path.name}")]
+        sub = load_submission(path)
+        shipped, _ = leaderboard_track(sub["benchmark"]["name"], sub["benchmark"]["version"])
+        valid.append(Entry(sub=sub, path=path, status=verification_status(sub, records),
+                           deviations=deviations(sub, shipped)))
+    # one entry per configuration: a verified file wins over unverified ones, otherwise none is ranked
+    groups: dict[tuple, list[Entry]] = {}
+    for e in valid:
+        key = (e.sub["benchmark"]["name"], e.sub["benchmark"]["version"], e.sub["config_hash"])
+        groups.setdefault(key, []).append(e)
+    entries = []
+    for group in groups.values():
+        if len(group) == 1:
+            entries += group
             continue
-        shipped = load_benchmark(sub["benchmark"]["name"])
-        entries.append(Entry(sub=sub, path=path, status=verification_status(sub),
-                             deviations=deviations(sub, shipped)))
+        verified = [e for e in group if e.status["status"] == "verified"]
+        if len(verified) == 1:
+            entries.append(verified[0])
+            for e in group:
+                if e is not verified[0]:
+                    rejected[e.path] = [ValidationIssue("duplicate", f"same benchmark and config_hash as "
+                                                                     f"{verified[0].path.name}, which is verified")]
+        else:
+            names = ", ".join(e.path.name for e in group)
+            for e in group:
+                rejected[e.path] = [ValidationIssue("duplicate", f"{len(group)} files share this benchmark and "
+                                                                 f"config_hash ({names}) and {len(verified) or 'none'} "
+                                                                 f"of them verified: none is ranked until a "
+                                                                 f"maintainer keeps one")]
+    for path, why in bad_records.items():
+        rejected[path] = [ValidationIssue("record", why)]
     return entries, rejected
 
 
@@ -128,6 +168,8 @@ def tracks(entries: list[Entry]) -> list[tuple[dict, list[Entry]]]:
     out = []
     for name in benchmark_names():
         b = load_benchmark(name)
+        if not isinstance(b.get("expected_stream"), dict):   # not a leaderboard track
+            continue
         key = (b.get("name", name), b.get("version", 1))
         rows = [e for e in entries if (e.sub["benchmark"]["name"], e.sub["benchmark"]["version"]) == key]
         rows.sort(key=lambda e: (-(e.metric("acc")["mean"] if e.metric("acc")["mean"] is not None else -1), e.id))
@@ -163,25 +205,28 @@ def _rel(path: Path, start: Path) -> str:
 
 # ----- markdown ---------------------------------------------------------------------------------------
 def render_markdown(track_rows, out_dir: Path, rejected) -> str:
+    md = markdown_cell
     lines = ["# clbench leaderboard", "",
              "Generated by `clbench leaderboard render` from `leaderboard/submissions/` (do not edit by hand). "
              "Values are percentages, mean ± sample std over n seeds; (+) higher is better, (-) lower is better. "
+             "Verified: a verification record in `leaderboard/verifications/` re-ran every seed from the "
+             "submitted config and R agreed within the verifier's tolerance. "
              "Metric definitions: docs/metrics.md. How to submit and verify: docs/leaderboard.md. "
              "Interactive, sortable version: [index.html](index.html).", ""]
     for track, rows in track_rows:
         if not rows:
             continue
-        lines += [f"## {track['name']} v{track['version']}", "", track["description"], ""]
+        lines += [f"## {md(track['name'])} v{track['version']}", "", md(track["description"], 1000), ""]
         cols = _columns(rows)
         head = ["#", "Method"] + [f"{h} ({M.direction(k)})" for k, h in cols] + \
                ["n", "Verified", "Config", "Chosen by", "Time/seed (s)", "Heatmap", "Submission"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for rank, e in enumerate(rows, 1):
             name, strat = _method_text(e)
-            cells = [str(rank), name + (f" (`{strat}`)" if strat else "")]
+            cells = [str(rank), md(name) + (f" ({md(strat)})" if strat else "")]
             cells += [_pct(e.metric(k)) for k, _ in cols]
-            cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], _config_text(e).replace("|", "\\|"),
-                      _chosen(e).replace("|", "\\|"), f"{e.sub['timing']['mean_per_seed_s']:.1f}",
+            cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], md(_config_text(e), 2000),
+                      md(_chosen(e), 500), f"{e.sub['timing']['mean_per_seed_s']:.1f}",
                       f"[png]({_rel(e.heatmap, out_dir)})" if e.heatmap else "–",
                       f"[json]({_rel(e.path, out_dir)})"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -189,12 +234,12 @@ def render_markdown(track_rows, out_dir: Path, rejected) -> str:
     empty = [t for t, rows in track_rows if not rows]
     if empty:
         lines += ["## Tracks without entries yet", ""]
-        lines += [f"- {t['name']} v{t['version']}: {t['description']}" for t in empty]
+        lines += [f"- {md(t['name'])} v{t['version']}: {md(t['description'], 1000)}" for t in empty]
         lines.append("")
     if rejected:
-        lines += ["## Rejected submissions", ""]
+        lines += ["## Not ranked: invalid submissions, duplicate configurations, unreadable records", ""]
         for path, issues in rejected.items():
-            lines.append(f"- `{path.name}`: " + "; ".join(str(i) for i in issues[:3]))
+            lines.append(f"- {md(path.name)}: " + md("; ".join(str(i) for i in issues[:3]), 1000))
         lines.append("")
     return "\n".join(lines)
 
@@ -276,10 +321,12 @@ JS = r"""
 """
 
 
-def _td(text: str, sort=None, cls: str = "", raw: bool = False) -> str:
-    attrs = f' data-sort="{html.escape(str(sort))}"' if sort is not None else ' data-sort=""'
+def _td(text, sort=None, cls: str = "", raw: bool = False, title: str = "") -> str:
+    """A table cell; `text` is escaped unless `raw` (then it is markup built here from escaped parts)."""
+    attrs = f' data-sort="{html_text(sort)}"' if sort is not None else ' data-sort=""'
     attrs += f' class="{cls}"' if cls else ""
-    return f"<td{attrs}>{text if raw else html.escape(text)}</td>"
+    attrs += f' title="{html_text(title)}"' if title else ""
+    return f"<td{attrs}>{text if raw else html_text(text)}</td>"
 
 
 def render_html(track_rows, out_dir: Path, rejected) -> str:
@@ -289,16 +336,18 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
              "<h1>clbench leaderboard</h1>",
              '<p class="muted">One table per track (a shipped benchmark at a fixed version). Values in %, '
              "mean ± sample std over n seeds. Click a column header to sort; click again to reverse. "
-             "✓ verified: a maintainer re-ran one seed from the submitted config and R agreed within the stated "
-             "tolerance (docs/leaderboard.md).</p>",
+             "✓ verified: a verification record in leaderboard/verifications/ (written by "
+             "<code>clbench leaderboard verify --record</code> and committed by a maintainer) re-ran every seed "
+             "from the submitted config and R agreed within the verifier's tolerance; hover for who, when and "
+             "how close (docs/leaderboard.md).</p>",
              '<p><label><input type="checkbox" id="tuned-only"> only entries tuned on validation '
              "(clbench tune; docs/tuning.md)</label></p>"]
     for track, rows in track_rows:
         if not rows:
             continue
-        tid = track["id"]
-        parts.append(f'<section class="track"><h2>{html.escape(track["name"])} v{track["version"]}</h2>'
-                     f'<p class="muted">{html.escape(track["description"])}</p>')
+        tid = html_text(track["id"])
+        parts.append(f'<section class="track"><h2>{html_text(track["name"])} v{track["version"]}</h2>'
+                     f'<p class="muted">{html_text(track["description"])}</p>')
         cols = _columns(rows)
         heads = ['<th data-key="rank" class="sortable" data-first="ascending">#</th>',
                  '<th data-key="method" class="sortable text" data-first="ascending">Method</th>']
@@ -316,51 +365,49 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
                      + "".join(heads) + "</tr></thead><tbody>")
         for rank, e in enumerate(rows, 1):
             st = e.status["status"]
-            rec = e.status["record"] or {}
-            tip = html.escape(f"{rec.get('reason', '')}; {rec.get('tolerance_rule', '')}; {rec.get('date', '')}")
-            cells = [_td(str(rank), rank),
-                     _td(html.escape(_method_text(e)[0]) + (f' <code>{html.escape(_method_text(e)[1])}</code>'
-                                                            if _method_text(e)[1] else ""),
-                         e.sub["method"]["name"], "text method", raw=True)]
+            name, strat = _method_text(e)
+            method = html_text(name) + (f" <code>{html_text(strat)}</code>" if strat else "")
+            cells = [_td(str(rank), rank), _td(method, name, "text method", raw=True, title=_code_tip(e))]
             for k, _ in cols:
                 s = e.metric(k)
                 cells.append(_td(_pct(s), s["mean"]))
             links = []
             if e.heatmap:
-                links.append(f'<a class="heatmap" href="{html.escape(_rel(e.heatmap, out_dir))}">heatmap</a>')
-            links.append(f'<a class="submission" href="{html.escape(_rel(e.path, out_dir))}">json</a>')
+                links.append(f'<a class="heatmap" href="{html_text(_rel(e.heatmap, out_dir))}">heatmap</a>')
+            links.append(f'<a class="submission" href="{html_text(_rel(e.path, out_dir))}">json</a>')
+            config = ((f'<span class="dev">{html_text(", ".join(e.deviations), 2000)}</span><br>' if e.deviations
+                       else "") + f'<span class="hp">{html_text(_hp_text(e) or "defaults", 2000)}</span>')
             cells += [_td(str(len(e.sub["runs"])), len(e.sub["runs"])),
-                      f'<td data-sort="{STATUS_ORDER[st]}" class="{st}" title="{tip}">{STATUS_TEXT[st]}</td>',
-                      _td((f'<span class="dev">{html.escape(", ".join(e.deviations))}</span><br>'
-                           if e.deviations else "") + f'<span class="hp">{html.escape(_hp_text(e) or "defaults")}</span>',
-                          None, "text config", raw=True),
+                      _td(STATUS_TEXT[st], STATUS_ORDER[st], st, title=_status_tip(e)),
+                      _td(config, None, "text config", raw=True),
                       _td(_chosen(e), _chosen(e), "text chosen"),
                       _td(f"{e.sub['timing']['mean_per_seed_s']:.1f}", e.sub["timing"]["mean_per_seed_s"]),
                       _td(" · ".join(links), None, "text", raw=True)]
             tuned = "tuned" if selection.is_tuned(e.sub.get("selection")) else "other"
-            parts.append(f'<tr data-id="{html.escape(e.id)}" data-selection="{tuned}">' + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>" + "".join(f'<p class="muted note">{html.escape(n)}</p>'
+            parts.append(f'<tr data-id="{html_text(e.id)}" data-selection="{tuned}">' + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>" + "".join(f'<p class="muted note">{html_text(n)}</p>'
                                                   for n in _left_out(rows)) + "</section>")
     empty = [t for t, rows in track_rows if not rows]
     if empty:
         parts.append('<h2>Tracks without entries yet</h2><ul class="empty">')
-        parts += [f"<li>{html.escape(t['name'])} v{t['version']}: {html.escape(t['description'])}</li>" for t in empty]
+        parts += [f"<li>{html_text(t['name'])} v{t['version']}: {html_text(t['description'])}</li>" for t in empty]
         parts.append("</ul>")
     if rejected:
-        parts.append("<h2>Rejected submissions</h2><ul>")
+        parts.append("<h2>Not ranked: invalid submissions, duplicate configurations, unreadable records</h2><ul>")
         for path, issues in rejected.items():
-            parts.append(f"<li><code>{html.escape(path.name)}</code>: "
-                         f"{html.escape('; '.join(str(i) for i in issues[:3]))}</li>")
+            parts.append(f"<li><code>{html_text(path.name)}</code>: "
+                         f"{html_text('; '.join(str(i) for i in issues[:3]))}</li>")
         parts.append("</ul>")
     parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts) + "\n"
 
 
-def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", tuned_only: bool = False) -> dict:
+def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None,
+          tuned_only: bool = False) -> dict:
     """The board's text (markdown and HTML, links relative to `out_dir`) without writing anything; `tuned_only`
     keeps the entries whose config was tuned on validation (clbench tune)."""
     out_dir = Path(out_dir)
-    entries, rejected = collect(submissions_dir)
+    entries, rejected = collect(submissions_dir, records_dir)
     if tuned_only:
         entries = [e for e in entries if selection.is_tuned(e.sub.get("selection"))]
     for e in entries:
@@ -370,11 +417,14 @@ def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", tune
             "html": render_html(track_rows, out_dir, rejected), "entries": entries, "rejected": rejected}
 
 
-def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", tuned_only: bool = False) -> dict:
-    """Write LEADERBOARD.md, index.html and heatmaps/<id>.png; returns the paths and the rejected files."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    board = build(submissions_dir, out_dir, tuned_only=tuned_only)
+def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None,
+           tuned_only: bool = False) -> dict:
+    """Write LEADERBOARD.md, index.html and heatmaps/<id>.png; returns the paths and the files not ranked.
+    A read-only or misplaced output folder fails with one line before any work."""
+    out_dir = check_out_dir(out_dir, "--out")
+    check_out_dir(out_dir / "heatmaps", "--out")
+    (out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
+    board = build(submissions_dir, out_dir, records_dir, tuned_only=tuned_only)
     for e in board["entries"]:
         write_heatmap(e.sub, e.heatmap)
     md, page = out_dir / "LEADERBOARD.md", out_dir / "index.html"
@@ -382,4 +432,3 @@ def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", tun
     write_text_atomic(page, board["html"])
     return {"markdown": md, "html": page, "entries": [e.path for e in board["entries"]],
             "rejected": board["rejected"], "heatmaps": [e.heatmap for e in board["entries"]]}
-

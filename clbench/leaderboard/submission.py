@@ -11,6 +11,10 @@ with those two keys removed, so keys that do not change results (out, device, pr
 are ignored as in result.json. Each seed record keeps the run's own `run_config_hash` (the hash in its
 result.json), which validation recomputes from the seed-free config plus that record's seeds.
 
+The file format is the JSON Schema clbench/schemas/submission.json (clbench.schema); every file is read
+with its size and depth limits. The board holds one entry per configuration: `save_submission` refuses a
+config_hash that is already there.
+
 Code identity comes from the runs, never from the code installed when `submit` runs: each seed record
 keeps its run's own `provenance`, the method's `sources` / `source_hash` are the modules and code hash
 those runs recorded, and runs of different code or data identity are never mixed in one submission.
@@ -19,23 +23,26 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import math
 import os
 import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, config_hash, group_hash,
+from clbench import metrics as M
+from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical_hash, group_hash,
                             load_benchmark)
 from clbench.errors import SubmissionError
+from clbench.escape import slug
 from clbench.leaderboard import selection
 from clbench.provenance import identity, short_id
-from clbench.results import REQUIRED_KEYS, load_result, write_json_atomic
-from clbench.results import find_results as find_run_results
+from clbench.results import check_out_dir, find_results, load_result, write_json_atomic
+from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, metric_inputs, read_json, schema
 
-SUBMISSION_SCHEMA = 1
+SUBMISSION_SCHEMA = SUBMISSION_VERSION
 MIN_SEEDS = 3
+# The display name of a method: what the schema allows (letters, digits, space and _ . : + ( ) -).
+NAME_PATTERN = re.compile(schema("submission")["properties"]["method"]["properties"]["name"]["pattern"])
 
 
 # ----- hashes ---------------------------------------------------------------------------------------
@@ -57,9 +64,14 @@ def run_config(config: dict, seed: int, stream_seed: int) -> dict:
     return {**copy.deepcopy(config), "seed": int(seed), "stream_seed": int(stream_seed)}
 
 
-# What the metrics are computed from (optional ones only where the run has them).
+# What the metrics are computed from, and the other measured matrices a re-run must reproduce (optional
+# ones only where the run has them). The digest binds them all to the run's config hash.
 METRIC_INPUTS = ("accuracy_matrix", "initial_accuracy", "learned_at", "task_sizes", "task_masked_accuracy_matrix",
-                 "reference_accuracy", "anytime_acc_seen")
+                 "reference_accuracy", "anytime_acc_seen", "validation_accuracy_matrix",
+                 "initial_validation_accuracy", "extra_models")
+# Measured (not derived from the config): compared entry by entry by `verify`.
+MEASURED = ("accuracy_matrix", "initial_accuracy", "task_masked_accuracy_matrix", "anytime_acc_seen",
+            "validation_accuracy_matrix", "initial_validation_accuracy", "extra_models")
 
 
 def result_digest(run: dict) -> str:
@@ -69,8 +81,8 @@ def result_digest(run: dict) -> str:
 
 
 def submission_digest(sub: dict) -> str:
-    """sha256 of the submission without its verification records (a verification names the content it checked)."""
-    return sha256({k: v for k, v in sub.items() if k != "verifications"})
+    """sha256 of the canonical submission content: a verification record names the content it re-ran."""
+    return sha256(sub)
 
 
 # ----- the method: plugin package, version, source hashes (as the runs recorded them) ------------------
@@ -86,10 +98,18 @@ def run_identities(runs: list[dict]) -> dict[tuple, list[dict]]:
     return by_id
 
 
+def check_display_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SubmissionError(f"bad method name {name!r}: use 1-64 characters from letters, digits, space and "
+                              f"_ . : + ( ) -, starting with a letter or digit (docs/leaderboard.md)")
+    return name
+
+
 def method_record(cfg: dict, display_name: Optional[str], provenance: dict) -> dict:
     """The method as the runs recorded it: the strategy's plugin distribution and the modules their code
     loaded (`sources`, hashed into `source_hash`, which is the runs' provenance code_hash)."""
     strategy = cfg["strategy"]["name"]
+    check_display_name(display_name or strategy)
     plugin = next((p for p in provenance.get("plugins", []) if p.get("kind") == "strategy"), {})
     sources = dict(provenance["modules"])
     return {"name": display_name or strategy, "strategy": strategy,
@@ -101,39 +121,28 @@ def method_record(cfg: dict, display_name: Optional[str], provenance: dict) -> d
 
 
 # ----- statistics -------------------------------------------------------------------------------------
-def mean_std(values: list) -> dict:
-    """Mean and sample standard deviation (ddof=1) over seeds; None where a metric is undefined."""
-    n = len(values)
-    if n == 0 or any(v is None for v in values):
-        return {"mean": None, "std": None, "n": n}
-    m = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": m, "std": std, "n": n}
-
-
 def summarize(runs: list[dict]) -> dict:
-    names = [k for k, v in runs[0]["metrics"].items() if v is None or isinstance(v, (int, float))]
-    return {k: mean_std([r["metrics"].get(k) for r in runs]) for k in names}
+    """The submission's `summary`: mean, std and n over the seeds of every claimed metric."""
+    names = list(runs[0]["metrics"])
+    return {k: M.mean_std([r["metrics"].get(k) for r in runs]) for k in names}
+
+
+def seed_metrics(run: dict, setting: str) -> dict:
+    """Every metric clbench derives from a seed record's stored inputs (clbench.metrics.summarize)."""
+    return M.summarize(run["accuracy_matrix"], run["initial_accuracy"], run["learned_at"], setting=setting,
+                       task_sizes=run.get("task_sizes"), task_masked=run.get("task_masked_accuracy_matrix"),
+                       reference=run.get("reference_accuracy"), anytime_acc_seen=run.get("anytime_acc_seen"))
 
 
 # ----- collecting runs --------------------------------------------------------------------------------
-def find_results(paths: Iterable) -> list[Path]:
-    """result.json files under the given run folders, sweep folders or files (unfinished runs skipped)."""
-    found = [f for p in paths for f in find_run_results(p)]
-    if not found:
+def _load_runs(paths: list) -> list[dict]:
+    """The results under the given run folders, sweep folders or files (unfinished runs skipped)."""
+    files = find_results(paths)
+    if not files:
         raise FileNotFoundError(f"no result.json under {', '.join(map(str, paths))}")
-    return sorted(set(found))
-
-
-def _load_runs(files: list[Path]) -> list[dict]:
     runs = []
     for f in files:
-        r = load_result(f)
-        missing = [k for k in REQUIRED_KEYS if k not in r]
-        if missing:
-            raise ConfigError(f"{f} is not a complete result.json (missing: {', '.join(missing)})")
-        if config_hash(r["config"]) != r["config_hash"]:
-            raise ConfigError(f"{f}: its config_hash does not match its config (the file was edited after the run)")
+        r = load_result(f)   # schema, config hash and metrics checked; ResultFileError names the file
         r["_path"] = str(f)
         runs.append(r)
     return runs
@@ -159,32 +168,39 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower() or "method"
+def method_slug(text: str) -> str:
+    """The method part of a submission id (lower-case letters, digits and . + -)."""
+    return slug(text, keep=".+-", lower=True, limit=None) or "method"
+
+
+def seed_inputs(r: dict) -> dict:
+    """What a seed record keeps of a (checked) result.json: the metric inputs (read from the result as
+    clbench.schema.metric_inputs reads them) and the other measured matrices."""
+    m = metric_inputs(r)
+    rec = {
+        "accuracy_matrix": m["R"],
+        "initial_accuracy": m["initial"],
+        "learned_at": m["learned_at"],
+        "task_sizes": m["task_sizes"],            # test samples per task: sample-weighted metrics need them
+        "task_masked_accuracy_matrix": m["task_masked"],
+        "validation_accuracy_matrix": r.get("validation_accuracy_matrix"),
+        "initial_validation_accuracy": r.get("initial_validation_accuracy"),
+        "reference_accuracy": m["reference"],     # a* for intransigence
+        "anytime_acc_seen": m["anytime_acc_seen"],  # curve for anytime_acc_auc
+        "extra_models": {name: {"accuracy_matrix": x["accuracy_matrix"]}
+                         for name, x in (r.get("extra_models") or {}).items()} or None,
+    }
+    return {k: v for k, v in rec.items() if v is not None}
 
 
 def seed_record(r: dict) -> dict:
-    rec = {
-        "seed": int(r["seed"]),
-        "stream_seed": int(r.get("stream_seed", r["config"]["stream_seed"])),
-        "run_id": r["run_id"],
-        "run_config_hash": r["config_hash"],
-        "accuracy_matrix": r["accuracy_matrix"],
-        "initial_accuracy": r["initial_accuracy"],
-        "learned_at": r["stream"].get("learned_at", list(range(len(r["initial_accuracy"])))),
-        # test samples per evaluation task: sample-weighted metrics (avg_incremental_acc) need them
-        "task_sizes": [int(t["n_test"]) for t in r["stream"].get("eval_tasks", [])] or None,
-        "task_masked_accuracy_matrix": r.get("task_masked_accuracy_matrix"),
-        "reference_accuracy": (r.get("reference") or {}).get("accuracy"),    # a* for intransigence
-        "anytime_acc_seen": (r.get("anytime") or {}).get("acc_seen"),        # curve for anytime_acc_auc
-    }
-    rec = {k: v for k, v in rec.items() if v is not None}
+    rec = {"seed": int(r["seed"]), "stream_seed": int(r["stream_seed"]), "run_id": r["run_id"],
+           "run_config_hash": r["config_hash"], **seed_inputs(r)}
     rec["result_digest"] = result_digest(rec)
-    # Only metrics that validation can recompute from the stored inputs are claimed; others are kept
-    # for information, outside the checked numbers.
-    from clbench.leaderboard.validate import recompute_metrics
-    known = recompute_metrics(rec)
-    rec["metrics"] = {k: v for k, v in r["metrics"].items() if k in known}
+    # Only metrics that validation can recompute from the stored inputs are claimed (load_result checked
+    # that they agree with R); anything else a run reported is kept for information, outside the checks.
+    known = seed_metrics(rec, r["stream"]["setting"])
+    rec["metrics"] = {k: r["metrics"].get(k, v) for k, v in known.items()}   # (an older run may lack one)
     other = {k: v for k, v in r["metrics"].items() if k not in known}
     if other:
         rec["unchecked_metrics"] = other
@@ -195,7 +211,7 @@ def seed_record(r: dict) -> dict:
 
 def config_groups(paths: Iterable) -> list[str]:
     """The seed-free config hashes of the runs under `paths` (one per configuration of a sweep)."""
-    return list(group_runs(_load_runs(find_results(paths))))
+    return list(group_runs(_load_runs(paths)))
 
 
 def _one_identity(group: list[dict], ident: Optional[str]) -> list[dict]:
@@ -221,7 +237,7 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
     recorded code/data identity; when a sweep folder holds several configs, `select` (a prefix of a
     seed-free config hash) picks one, and `ident` (a prefix of 'code8/data8') picks one identity."""
     paths = list(paths)
-    runs = _load_runs(find_results(paths))
+    runs = _load_runs(paths)
     groups = group_runs(runs)
     if select:
         groups = {h: g for h, g in groups.items() if h.startswith(select)}
@@ -252,11 +268,13 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
         raise ConfigError(f"the runs used benchmark '{bench}' version {version}, but the shipped benchmark is "
                           f"version {shipped}; leaderboard tracks are the shipped versions, re-run the seeds")
     method = method_record(cfg, name, group[0]["provenance"])
+    if len(notes) > 2000:
+        raise SubmissionError(f"--notes has {len(notes)} characters; at most 2000")
     seed_runs = [seed_record(r) for r in group]
     first_env = seed_runs[0]["env"]
     return {
         "submission_schema": SUBMISSION_SCHEMA,
-        "id": f"{bench}__{_slug(method['name'])}__{cfg_hash[:8]}",
+        "id": f"{bench}__{method_slug(method['name'])}__{cfg_hash[:8]}",
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "notes": notes,
         "method": method,
@@ -271,19 +289,87 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
                                                       "cuda", "platform", "git_commit") if k in first_env},
         "timing": {"total_s": math.fsum(r["timing"]["total_s"] for r in seed_runs),
                    "mean_per_seed_s": math.fsum(r["timing"]["total_s"] for r in seed_runs) / len(seed_runs)},
-        "verifications": [],
     }
 
 
-def load_submission(path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def load_submission(path):
+    """A submission file parsed with the size and depth limits (SubmissionError otherwise); not yet validated."""
+    return read_json(path, MAX_SUBMISSION_BYTES, SubmissionError)
+
+
+def entry_with_config(board_dir, sub: dict) -> Optional[Path]:
+    """The file on the board that already holds this benchmark and config_hash (another id), if any."""
+    for path in sorted(Path(board_dir).glob("*.json")):
+        if path.stem == sub["id"]:
+            continue
+        try:
+            other = load_submission(path)
+        except SubmissionError:
+            continue
+        if isinstance(other, dict) and other.get("config_hash") == sub["config_hash"] \
+                and other.get("benchmark") == sub["benchmark"]:
+            return path
+    return None
 
 
 def save_submission(sub: dict, out_dir="leaderboard/submissions", overwrite: bool = False) -> Path:
-    path = Path(out_dir) / f"{sub['id']}.json"
+    """Write `<out_dir>/<id>.json`. One entry per configuration: a config already on the board under
+    another id is refused (pointing at it); the same id is replaced only with `overwrite`."""
+    out_dir = check_out_dir(out_dir, "--out")
+    twin = entry_with_config(out_dir, sub)
+    if twin is not None:
+        raise SubmissionError(f"this configuration (config_hash {sub['config_hash'][:12]}) of "
+                              f"{sub['benchmark']['name']} v{sub['benchmark']['version']} is already on the board "
+                              f"as {twin}: the board holds one entry per configuration (docs/leaderboard.md)")
+    path = out_dir / f"{sub['id']}.json"
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (same benchmark, method name and config); use --force to replace it")
+        raise SubmissionError(f"{path} exists (same benchmark, method name and config); use --force to replace it")
     write_json_atomic(path, sub)
     os.chmod(path, 0o644)  # a public record (write_json_atomic's temp file starts as 0600)
     return path
+
+
+# ----- older formats -----------------------------------------------------------------------------------
+def migrate_submission(sub: dict) -> tuple[dict, list[str]]:
+    """A submission_schema 1 file as version 2, and notes on what changed. Version 2 drops the in-file
+    `verifications` list (anyone could write it; records now live in leaderboard/verifications/) and
+    recomputes the derived numbers with the one metrics function: each seed claims exactly the metrics
+    the track gives (acc_task_masked in class-IL only), and the summary uses clbench.metrics.mean_std."""
+    from clbench.leaderboard.validate import leaderboard_track
+    if sub.get("submission_schema") != 1:
+        raise SubmissionError(f"only submission_schema 1 can be migrated (this one is "
+                              f"{sub.get('submission_schema')!r})")
+    sub = copy.deepcopy(sub)
+    notes = []
+    dropped = sub.pop("verifications", None) or []
+    if dropped:
+        notes.append(f"dropped {len(dropped)} in-file verification record(s): re-verify with "
+                     f"`clbench leaderboard verify FILE --record`")
+    shipped, why = leaderboard_track(sub["benchmark"]["name"], sub["benchmark"]["version"])
+    if shipped is None:
+        raise SubmissionError(why)
+    for run in sub["runs"]:
+        known = seed_metrics(run, shipped["expected_stream"]["setting"])
+        extra = {k: v for k, v in run["metrics"].items() if k not in known}
+        run["metrics"] = {k: run["metrics"].get(k, v) for k, v in known.items()}
+        if extra:
+            run["unchecked_metrics"] = {**run.get("unchecked_metrics", {}), **extra}
+            notes.append(f"seed {run['seed']}: {sorted(extra)} moved to unchecked_metrics")
+    sub["summary"] = summarize(sub["runs"])
+    sub["submission_schema"] = SUBMISSION_VERSION
+    return sub, notes
+
+
+def migrate_file(path) -> str:
+    """Rewrite the submission at `path` in the current format if it is older; returns what was done."""
+    from clbench.leaderboard.validate import validate_submission
+    sub = load_submission(path)
+    if not isinstance(sub, dict) or sub.get("submission_schema") == SUBMISSION_VERSION:
+        return f"{path}: already submission_schema {SUBMISSION_VERSION}, unchanged"
+    new, notes = migrate_submission(sub)
+    issues = validate_submission(new)
+    if issues:
+        raise SubmissionError(f"{path}: the migrated submission does not validate: {issues[0]}")
+    write_json_atomic(path, new)
+    os.chmod(path, 0o644)
+    return f"{path}: migrated to submission_schema {SUBMISSION_VERSION}" + "".join(f"; {n}" for n in notes)
