@@ -17,15 +17,16 @@ USAGE_ERRORS = (UserError, FileNotFoundError, OSError)
 
 
 def cmd_run(args) -> int:
+    from clbench.config import compose
+    from clbench.tune import split_tuned
+    overrides, tuning = split_tuned(args.overrides)     # tuned=best.yaml: a configuration chosen by clbench tune
+    cfg = compose(overrides, tuning=tuning)
     if args.cfg:   # print the resolved config and exit (Hydra's --cfg job)
         import yaml
-
-        from clbench.config import compose
-        cfg = compose(args.overrides)
         print(yaml.safe_dump(cfg, sort_keys=False, width=110), end="")
         return 0
     from clbench.engine import run
-    result, path = run(args.overrides)
+    result, path = run(cfg)
     if result.get("wandb_dir"):
         mode = result["config"]["wandb"]["mode"]
         print(f"W&B {mode} run: {path / result['wandb_dir']}" +
@@ -55,7 +56,8 @@ def _add_run(sub):
                                    "presets (also: show benchmark|scenario|model|dataset|callback NAME); add --cfg "
                                    "to print the resolved config without running.")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. benchmark=split-digits strategy=replay strategy.buffer_size=200 seed=1 out=runs")
+                   help="e.g. benchmark=split-digits strategy=replay strategy.buffer_size=200 seed=1 out=runs; "
+                        "tuned=PATH/best.yaml runs the configuration clbench tune chose (and records how)")
     p.add_argument("--cfg", action="store_true", help="print the resolved config (YAML) and exit")
     p.set_defaults(func=cmd_run)
 
@@ -100,6 +102,29 @@ def _add_sweep(sub):
     p.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
                    help="e.g. benchmark=split-digits strategy=naive,replay seed=0,1,2 out=sweeps/digits workers=2")
     p.set_defaults(func=cmd_sweep)
+
+
+def cmd_tune(args) -> int:
+    from clbench.tune import format_summary, parse_tune_args, tune
+    res = tune(parse_tune_args(args.overrides))
+    print(format_summary(res))
+    return 1 if res.test is not None and res.test.failed else 0
+
+
+def _add_tune(sub):
+    p = sub.add_parser("tune", help="choose hyper-parameters on a validation split (Ray Tune + Optuna + ASHA), "
+                                    "then run the chosen config over test seeds",
+                       description="Search a strategy's declared hyper-parameter space on a validation split held "
+                                   "out of the training data; the test split is never evaluated (eval.test=false in "
+                                   "every trial). Tune keys: budget=N concurrency=N metric=NAME "
+                                   "protocol=full|first-k first_k=K scheduler=asha|fifo grace=N reduction=X "
+                                   "space=NAME|FILE seeds=0,1,2 out=DIR resume=true|false; run overrides as in "
+                                   "`clbench run` (eval.validation=F sets the split, threads=N each trial's torch "
+                                   "threads); domains as KEY=loguniform(a,b) uniform(a,b) randint(a,b) "
+                                   "choice(a,b,...). Re-running the same command resumes. See docs/tuning.md.")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. benchmark=split-digits strategy=ewc budget=20 seeds=0,1,2 out=tunes/ewc")
+    p.set_defaults(func=cmd_tune)
 
 
 def cmd_leaderboard(args) -> int:
@@ -162,7 +187,7 @@ def _add_sync(sub):
 
 
 # Each entry adds one sub-command to the parser, in the order `clbench --help` lists them.
-COMMANDS = [_add_run, _add_show, _add_list, _add_sweep, _add_report, _add_sync, _add_leaderboard]
+COMMANDS = [_add_run, _add_show, _add_list, _add_sweep, _add_tune, _add_report, _add_sync, _add_leaderboard]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -54,6 +54,8 @@ CORE: dict[str, dict[str, HP]] = {
                          "(docs/reproducibility.md)", low=1),
         "progress": HP(True, "progress bars on the console"),
         "resume": HP(True, "re-running the same command resumes an unfinished run; false starts it over"),
+        "first_experiences": HP(None, "train and evaluate on the first k experiences only (the first-k tuning "
+                                      "protocol of clbench tune); null: the whole stream", type=int, low=1),
     },
     "checkpoint": {
         "enabled": HP(True, "checkpoint the full run state after every experience (resume after a kill)"),
@@ -158,6 +160,20 @@ def load_yaml_file(path: Path) -> Any:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     return load_yaml_text(text, str(path))
+
+
+def check_keys(data: Any, where: str, keys: Sequence[str], mappings: Sequence[str] = ()) -> dict:
+    """A file's (or section's) mapping with only `keys`, of which `mappings` hold mappings; one line otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping (keys: {', '.join(keys)})")
+    for k in data:
+        if k not in keys:
+            raise ConfigError(f"unknown key '{k}' in {where}.{did_you_mean(str(k), keys)} "
+                              f"Valid keys: {', '.join(keys)}")
+    for k in mappings:
+        if not isinstance(data.get(k) or {}, dict):
+            raise ConfigError(f"'{k}' in {where} must be a mapping of key: value")
+    return data
 
 
 def parse_value(text: str) -> Any:
@@ -499,8 +515,29 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
     cfg = validate(cfg)
     if not cfg["callbacks"]:
         del cfg["callbacks"]     # keeps the hash of configs without callbacks unchanged
+    if cfg["first_experiences"] is None:
+        del cfg["first_experiences"]   # the same: configs on the whole stream keep their hash
+    source["chosen_by"] = chosen_by(source)
     cfg["config_source"] = source
     return cfg
+
+
+# Overrides that choose what to run and how, not a method's hyper-parameters (`chosen_by` ignores them);
+# strategy.*, callbacks.<name>.* and train.* overrides are hyper-parameters set by hand.
+PROTOCOL_OVERRIDES = ("benchmark", "strategy", "callbacks", "seed", "stream_seed", "out", "device", "progress",
+                      "resume", "deterministic", "checkpoint", "data", "wandb", "eval", "first_experiences",
+                      "dataset", "scenario", "model")
+
+
+def chosen_by(source: dict) -> str:
+    """How a config's hyper-parameters were chosen: "tuned" (a clbench tune record), "hand-set" (overrides of
+    strategy/train/model/... keys), "preset" (a shipped preset for this benchmark) or "default" (declared)."""
+    if source.get("tuning"):
+        return "tuned"
+    keys = [o.split("=", 1)[0].lstrip("+") for o in source.get("overrides", [])]
+    if any(k.split(".")[0] not in PROTOCOL_OVERRIDES or k.startswith("callbacks.") for k in keys):
+        return "hand-set"
+    return "preset" if source.get("presets") else "default"
 
 
 def validate(cfg: dict) -> dict:

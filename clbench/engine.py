@@ -94,6 +94,12 @@ def build_stream(cfg: dict, device: torch.device) -> Stream:
     stream.name = sc["name"]
     stream.dataset = dataset
     stream.loaded_dataset = loaded        # as loaded, before the validation split: what provenance fingerprints
+    if cfg.get("first_experiences"):   # the first-k protocol (clbench tune): a prefix of the stream
+        k = int(cfg["first_experiences"])
+        if k > len(stream):
+            raise bad_value("first_experiences", f"{k}, but scenario '{sc['name']}' has only {len(stream)} "
+                                                   f"experiences")
+        stream = stream.prefix(k)
     # A scenario may fix training keys that are part of its protocol (an online stream: one pass).
     for key, value in (stream.description.get("train_requirements") or {}).items():
         if cfg["train"].get(key) != value:

@@ -243,6 +243,22 @@ EXTRA_METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+# Metrics that carry no information about the method in a setting: every method gets a value fixed by
+# something else. Reports and the board show them with this reason (or leave them out), never ranked.
+UNINFORMATIVE: dict[str, dict[str, str]] = {
+    "class-il": {
+        "fwt": "class-IL: before task j is trained its classes have never been trained, and a single head trained "
+               "on other classes does not predict them, so R[j-1][j] = 0 and FWT is minus the initial row (the "
+               "untrained network's chance accuracy) for every method",
+    },
+}
+
+
+def uninformative(name: str, setting: Optional[str]) -> Optional[str]:
+    """Why metric `name` carries no information in `setting` (None: it does)."""
+    return UNINFORMATIVE.get(setting or "", {}).get(name)
+
+
 def compute_all(R, initial, learned_at=None, reference: Optional[Sequence[float]] = None,
                 task_sizes: Optional[Sequence[int]] = None) -> dict:
     """Every metric from R, the initial row and (optionally) a joint-training reference a*."""

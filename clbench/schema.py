@@ -214,27 +214,30 @@ def metrics_disagree(claimed: dict, recomputed: dict) -> list[str]:
 
 
 def _shape_problems(r: dict) -> list[str]:
-    R, b, stream = r["accuracy_matrix"], r["initial_accuracy"], r["stream"]
+    # a test-free run (eval.test=false; the schema checked that) is shaped by its validation matrix
+    rkey = "accuracy_matrix" if r["accuracy_matrix"] is not None else "validation_accuracy_matrix"
+    R, b, stream = r[rkey], r["initial_accuracy"], r["stream"]
     rows, T = len(R), len(R[0])
     out = []
     if any(len(row) != T for row in R):
-        return [f"accuracy_matrix rows have different lengths {[len(row) for row in R][:20]}"]
-    if len(b) != T:
+        return [f"{rkey} rows have different lengths {[len(row) for row in R][:20]}"]
+    if b is not None and len(b) != T:
         out.append(f"initial_accuracy has {len(b)} entries, accuracy_matrix has {T} columns")
     for key, want in (("n_experiences", rows), ("n_eval_tasks", T)):
         if stream[key] != want:
             out.append(f"stream.{key} is {stream[key]} but accuracy_matrix is {rows} x {T}")
-    if len(stream["experiences"]) != rows or len(stream["eval_tasks"]) != T:
-        out.append(f"stream lists {len(stream['experiences'])} experiences and {len(stream['eval_tasks'])} "
-                   f"evaluation tasks, accuracy_matrix is {rows} x {T}")
+    tasks = stream["eval_tasks"] if rkey == "accuracy_matrix" else stream.get("val_tasks") or []
+    if len(stream["experiences"]) != rows or len(tasks) != T:
+        out.append(f"stream lists {len(stream['experiences'])} experiences and {len(tasks)} "
+                   f"evaluation tasks, {rkey} is {rows} x {T}")
     L = stream["learned_at"]
     if len(L) != T or any(x >= rows for x in L):
         out.append(f"stream.learned_at must give a row in 0..{rows - 1} for each of the {T} tasks")
     for key, init in (("task_masked_accuracy_matrix", "initial_task_masked_accuracy"),
                       ("validation_accuracy_matrix", "initial_validation_accuracy")):
-        if key in r and (len(r[key]) != rows or any(len(row) != T for row in r[key])):
+        if r.get(key) is not None and (len(r[key]) != rows or any(len(row) != T for row in r[key])):
             out.append(f"{key} is not {rows} x {T} like accuracy_matrix")
-        if init in r and len(r[init]) != T:
+        if r.get(init) is not None and len(r[init]) != T:
             out.append(f"{init} has {len(r[init])} entries, not {T}")
     for name, m in (r.get("extra_models") or {}).items():
         if len(m["accuracy_matrix"]) != rows or any(len(row) != T for row in m["accuracy_matrix"]):
@@ -254,7 +257,7 @@ def unscored_problems(r: dict, schedule) -> list[str]:
                  for n, m in (r.get("extra_models") or {}).items()]
     L = r["stream"]["learned_at"] if "stream" in r else r["learned_at"]
     for key, m in matrices:
-        for i, row in enumerate(m):
+        for i, row in enumerate(m or []):   # a test-free run (eval.test=false) has no test matrices
             for j, v in enumerate(row):
                 if v is None and (schedule != "seen_next" or scored_entry(i, j, L, len(m))):
                     why = ("eval.schedule=seen_next scores it (a task learned by the next experience, or the final "
@@ -282,9 +285,12 @@ def result_problems(r) -> list[str]:
     if config_hash(r["config"]) != r["config_hash"]:
         out.append("config_hash does not match the config (the file was edited after the run)")
     out += unscored_problems(r, r["config"]["eval"].get("schedule", "full"))
-    if not out:
-        out += metrics_disagree(r["metrics"], summarize(**metric_inputs(r)))
-    return out
+    if out:
+        return out
+    if r["accuracy_matrix"] is None:   # no test split: no test metric can be claimed
+        claimed = sorted(k for k, v in r["metrics"].items() if v is not None)
+        return [f"metrics {claimed[:5]} claimed by a run without a test split (eval.test=false)"] if claimed else []
+    return metrics_disagree(r["metrics"], summarize(**metric_inputs(r)))
 
 
 def load_result(path) -> dict:
@@ -320,6 +326,8 @@ def _resolve(node: dict, kind: str) -> tuple[dict, str]:
 def _type_text(node: dict, kind: str) -> str:
     if "const" in node:
         return json.dumps(node["const"])
+    if node.get("if") == {"type": "null"} and "else" in node:   # null allowed, else the given type
+        return _type_text(node["else"], kind) + " or null"
     node, kind = _resolve(node, kind)
     if "anyOf" in node:
         return " or ".join(_type_text(n, kind) for n in node["anyOf"])
@@ -370,7 +378,7 @@ def main(argv=None) -> int:
 
 # The objects whose fields the generated tables list one level down.
 DOC_NESTED = {"result": ("stream", "timing", "memory", "env"),
-              "submission": ("method", "benchmark", "timing", "runs"),
+              "submission": ("method", "benchmark", "selection", "timing", "runs"),
               "verification": ("seeds",)}
 
 if __name__ == "__main__":

@@ -175,13 +175,39 @@ class Stream:
         return len(self.experiences)
 
     @property
+    def columns(self) -> list[EvalTask]:
+        """The evaluation tasks that define R's columns: the test tasks, or the validation tasks (the same
+        columns) when the run never touches test data (eval.test=false)."""
+        return self.eval_tasks or self.val_tasks
+
+    @property
     def task_classes(self) -> dict[int, list[int]]:
-        return {t.task_id: t.classes for t in (self.eval_tasks or self.val_tasks)}
+        return {t.task_id: t.classes for t in self.columns}
 
     def learned_rows(self) -> list[int]:
         if self.learned_at is not None:
             return list(self.learned_at)
-        return list(range(len(self.eval_tasks or self.val_tasks)))
+        return list(range(len(self.columns)))
+
+    # ----- the first-k protocol (config `first_experiences`; clbench tune protocol=first-k) -----------------
+    def prefix(self, k: int) -> "Stream":
+        """The stream cut after its first k experiences: those experiences, and the evaluation (and validation)
+        tasks learned within them (R's columns), so metrics are those of a k-experience stream."""
+        if not 1 <= k <= len(self.experiences):
+            raise ValueError(f"a prefix of {k} experiences of a {len(self.experiences)}-experience stream")
+        L = self.learned_rows()
+        keep = [j for j, row in enumerate(L) if row < k]
+        pick = lambda tasks: [tasks[j] for j in keep] if tasks else []   # noqa: E731
+        learned = [L[j] for j in keep]
+        out = Stream(name=self.name, experiences=self.experiences[:k], eval_tasks=pick(self.eval_tasks),
+                     n_classes=self.n_classes, input_shape=self.input_shape, setting=self.setting,
+                     description={**self.description, "first_experiences": {"k": k, "of": len(self.experiences)}},
+                     learned_at=None if learned == list(range(len(keep))) else learned,
+                     val_tasks=pick(self.val_tasks))
+        for attr in ("dataset", "loaded_dataset"):
+            if hasattr(self, attr):
+                setattr(out, attr, getattr(self, attr))
+        return out
 
     def describe(self) -> dict:
         """The stream description stored in result.json."""
@@ -189,7 +215,7 @@ class Stream:
             "scenario": self.name,
             "setting": self.setting,
             "n_experiences": len(self.experiences),
-            "n_eval_tasks": len(self.eval_tasks or self.val_tasks),
+            "n_eval_tasks": len(self.columns),
             "n_classes": self.n_classes,
             "learned_at": self.learned_rows(),
             "experiences": [

@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 import yaml
 
-from clbench.config import SEED_KEYS, ConfigError, compose, config_hash, configs_dir, group_hash, parse_value
+from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_hash, configs_dir, group_hash,
+                            parse_value)
 from clbench.errors import RunInterrupted, StorageError, bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.reproducibility import check_threads
@@ -48,7 +49,7 @@ MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
 # Keys that configure the sweep itself; everything else is a run override (`threads` too: it is part of
 # every run's protocol, see clbench/reproducibility.py).
-SWEEP_KEYS = ("executor", "workers", "name", "sweep", "reuse", "seed_parallel")
+SWEEP_KEYS = ("executor", "workers", "name", "sweep", "reuse", "seed_parallel", "tuned")
 NAME_MAX_CHARS = 100                 # the sweep name: a folder name and a W&B group
 SWEEP_FILE_MAX_BYTES = 1_000_000     # a sweep file is a few lines; bound what we parse
 SWEEP_FILE_MAX_NODES = 100_000       # after YAML aliases are expanded
@@ -180,6 +181,7 @@ class SweepSpec:
     settings: dict = field(default_factory=dict)   # executor, workers, threads, ray: {...}, submitit: {...}
     source: Optional[str] = None           # the sweep file, if any
     description: str = ""
+    tuning: Optional[dict] = None          # `tuned=best.yaml`: the clbench tune record, kept in config_source
 
     @property
     def axes(self) -> dict[str, list[str]]:
@@ -206,16 +208,7 @@ def load_sweep_file(name: str) -> tuple[dict, str]:
         raise UnknownNameError(f"unknown sweep '{name}'.{did_you_mean(name, names)} "
                                f"Valid choices: {', '.join(names) or '(none)'}; or give a path to a .yaml file.")
     data = _read_yaml_bounded(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"sweep file {path} must hold a mapping (keys: {', '.join(SWEEP_FILE_KEYS)})")
-    for k in data:
-        if k not in SWEEP_FILE_KEYS:
-            raise ConfigError(f"unknown key '{k}' in sweep file {path}.{did_you_mean(k, SWEEP_FILE_KEYS)} "
-                              f"Valid keys: {', '.join(SWEEP_FILE_KEYS)}")
-    for k in ("overrides", "grid"):
-        if not isinstance(data.get(k) or {}, dict):
-            raise ConfigError(f"'{k}' in sweep file {path} must be a mapping of key: value")
-    return data, str(path)
+    return check_keys(data, f"sweep file {path}", SWEEP_FILE_KEYS, ("overrides", "grid")), str(path)
 
 
 def _read_yaml_bounded(path: Path) -> Any:
@@ -298,8 +291,14 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
                 raise ConfigError(f"grid key '{k}' in sweep file {source} has no values")
             params[str(k)] = [format_value(v, k) for v in vs]
 
+    tuning = None
+    for key, text in cli:      # tuned=best.yaml (clbench tune): its overrides, then the command line's
+        if key == "tuned":
+            from clbench.tune import load_tuned
+            tuned_overrides, tuning = load_tuned(text)
+            params.update({k: [v] for k, v in (o.split("=", 1) for o in tuned_overrides)})
     for key, text in cli:
-        if key == "sweep":
+        if key in ("sweep", "tuned"):
             continue
         values = split_values(text, key)
         if _is_sweep_key(key) or key == "out":
@@ -328,7 +327,7 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
         raise bad_value("seed_parallel", f"expected true or false (on/off), got {settings['seed_parallel']!r}")
     out_path = Path(out) if out else Path("sweeps") / str(name)
     return SweepSpec(name=str(name), out=out_path.expanduser().resolve(), params=params, settings=settings,
-                     source=source, description=description)
+                     source=source, description=description, tuning=tuning)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +358,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     for cell in spec.cells():
         overrides = [*cell, f"out={spec.out}"]
         try:
-            cfg = compose(overrides)
+            cfg = compose(overrides, tuning=spec.tuning)
             check_threads(cfg)
         except (ConfigError, UnknownNameError) as e:
             raise type(e)(f"{e} (in sweep cell: {' '.join(cell)})") from None

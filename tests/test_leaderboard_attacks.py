@@ -498,4 +498,4 @@ def test_verify_refuses_an_invalid_file_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("clbench: error:") and "does not validate" in err and "\n" not in err
     with pytest.raises(ConfigError, match="--seeds"):
-        verify_submission(REPO / "leaderboard/submissions/split-digits__naive__f6db3849.json", seeds=[7])
+        verify_submission(REPO / "leaderboard/submissions/split-digits__naive__9fd760f1.json", seeds=[7])

@@ -140,6 +140,25 @@ def test_unknown_keys_are_kept_and_v1_files_are_migrated(result, tmp_path):
     assert any("logs.loss.value[0]" in p for p in S.result_problems(r))
 
 
+def test_a_test_free_tuning_trial_result_is_valid_and_cannot_claim_test_numbers(tmp_path):
+    """A `clbench tune` trial runs with eval.test=false: its test keys are null, only the validation R exists.
+    The v2 schema refused such a result (accuracy_matrix must be an array), so a resumed tune could not read
+    its finished trials back."""
+    _, path = run(compose([*FAST, "strategy=naive", "dataset.train_per_class=10", "eval.test=false",
+                           "eval.validation=0.1", f"out={tmp_path}"]), console=False)
+    r = load_result(path)
+    assert r["accuracy_matrix"] is None and len(r["validation_accuracy_matrix"]) == 5 and is_complete(path)
+    bad = copy.deepcopy(r)
+    bad["metrics"]["acc"] = 0.99                                   # a test number without a test split
+    assert "claimed by a run without a test split" in S.result_problems(bad)[0]
+    bad = copy.deepcopy(r)
+    del bad["validation_accuracy_matrix"]                          # then nothing was measured at all
+    assert "'validation_accuracy_matrix' is a required property" in S.result_problems(bad)[0]
+    bad = copy.deepcopy(r)
+    bad["config"]["eval"]["test"] = True                           # a test run must carry its test R
+    assert "accuracy_matrix: None is not of type 'array'" in S.result_problems(bad)
+
+
 # ----- one metrics function, one mean ± std --------------------------------------------------------------
 def test_engine_and_leaderboard_metrics_agree_in_every_setting(tmp_path):
     """They disagreed: the engine wrote acc_task_masked only in class-IL, validate recomputed it for every

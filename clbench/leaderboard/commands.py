@@ -58,6 +58,8 @@ def add_parser(sub) -> None:
     d.add_argument("--submissions", default=f"{DEFAULT_DIR}/submissions")
     d.add_argument("--verifications", help="verification records (default: <submissions>/../verifications)")
     d.add_argument("--out", default=DEFAULT_DIR)
+    d.add_argument("--tuned-only", action="store_true",
+                   help="only entries whose config was tuned on validation (clbench tune; docs/tuning.md)")
 
 
 def run(args) -> int:
@@ -151,7 +153,7 @@ def _migrate(args) -> int:
 
 def _render(args) -> int:
     from clbench.leaderboard.render import render
-    out = render(args.submissions, args.out, args.verifications)
+    out = render(args.submissions, args.out, args.verifications, tuned_only=args.tuned_only)
     print(f"{len(out['entries'])} entries -> {out['markdown']}, {out['html']}, {len(out['heatmaps'])} heatmaps")
     for path, issues in out["rejected"].items():
         print(f"not ranked {one_line(path)}:", file=sys.stderr)

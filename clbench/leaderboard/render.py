@@ -21,6 +21,7 @@ from typing import Optional
 from clbench import metrics as M
 from clbench.config import benchmark_names, load_benchmark
 from clbench.escape import html_text, markdown_cell
+from clbench.leaderboard import selection
 from clbench.leaderboard.submission import load_submission
 from clbench.leaderboard.validate import ValidationIssue, leaderboard_track, validate_file
 from clbench.leaderboard.verify import load_records, verification_status
@@ -179,7 +180,23 @@ def tracks(entries: list[Entry]) -> list[tuple[dict, list[Entry]]]:
 
 def _columns(rows: list[Entry]) -> list[tuple[str, str]]:
     return [(k, h) for k, h in METRIC_COLUMNS
-            if k != "acc_task_masked" or any(e.metric(k)["mean"] is not None for e in rows)]
+            if (k != "acc_task_masked" or any(e.metric(k)["mean"] is not None for e in rows))
+            and not M.uninformative(k, _setting(rows))]
+
+
+# ----- how each entry's config was chosen, and metrics a track's setting makes uninformative (clbench tune) -----
+def _setting(rows: list[Entry]):
+    return ((rows[0].sub["runs"][0].get("stream") or {}).get("setting")) if rows else None
+
+
+def _left_out(rows: list[Entry]) -> list[str]:
+    """'FWT is not shown: <why>' for each metric the track's setting makes uninformative (metrics.UNINFORMATIVE)."""
+    return [f"{h} is not shown: {M.uninformative(k, _setting(rows))}." for k, h in METRIC_COLUMNS
+            if M.uninformative(k, _setting(rows))]
+
+
+def _chosen(e: Entry) -> str:
+    return selection.describe(e.sub.get("selection"))
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -202,18 +219,18 @@ def render_markdown(track_rows, out_dir: Path, rejected) -> str:
         lines += [f"## {md(track['name'])} v{track['version']}", "", md(track["description"], 1000), ""]
         cols = _columns(rows)
         head = ["#", "Method"] + [f"{h} ({M.direction(k)})" for k, h in cols] + \
-               ["n", "Verified", "Config", "Time/seed (s)", "Heatmap", "Submission"]
+               ["n", "Verified", "Config", "Chosen by", "Time/seed (s)", "Heatmap", "Submission"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for rank, e in enumerate(rows, 1):
             name, strat = _method_text(e)
             cells = [str(rank), md(name) + (f" ({md(strat)})" if strat else "")]
             cells += [_pct(e.metric(k)) for k, _ in cols]
             cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], md(_config_text(e), 2000),
-                      f"{e.sub['timing']['mean_per_seed_s']:.1f}",
+                      md(_chosen(e), 500), f"{e.sub['timing']['mean_per_seed_s']:.1f}",
                       f"[png]({_rel(e.heatmap, out_dir)})" if e.heatmap else "–",
                       f"[json]({_rel(e.path, out_dir)})"]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [""] + [f"*{note}*" for note in _left_out(rows)] + ([""] if _left_out(rows) else [])
     empty = [t for t, rows in track_rows if not rows]
     if empty:
         lines += ["## Tracks without entries yet", ""]
@@ -288,6 +305,18 @@ JS = r"""
   }
   window.addEventListener('hashchange', fromHash);
   fromHash();
+  // "only entries tuned on validation": hide the other rows (#tuned-only in the URL ticks it on load)
+  var only = document.getElementById('tuned-only');
+  function filter() {
+    document.querySelectorAll('table.board tbody tr').forEach(function (r) {
+      r.hidden = only.checked && r.getAttribute('data-selection') !== 'tuned';
+    });
+  }
+  if (only) {
+    only.addEventListener('change', filter);
+    if (/tuned-only/.test(location.hash)) { only.checked = true; }
+    filter();
+  }
 })();
 """
 
@@ -310,7 +339,9 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
              "✓ verified: a verification record in leaderboard/verifications/ (written by "
              "<code>clbench leaderboard verify --record</code> and committed by a maintainer) re-ran every seed "
              "from the submitted config and R agreed within the verifier's tolerance; hover for who, when and "
-             "how close (docs/leaderboard.md).</p>"]
+             "how close (docs/leaderboard.md).</p>",
+             '<p><label><input type="checkbox" id="tuned-only"> only entries tuned on validation '
+             "(clbench tune; docs/tuning.md)</label></p>"]
     for track, rows in track_rows:
         if not rows:
             continue
@@ -327,6 +358,7 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
         heads += ['<th data-key="n" class="sortable" data-first="descending">n</th>',
                   '<th data-key="verified" class="sortable" data-first="descending">Verified</th>',
                   '<th data-key="config" class="text">Config</th>',
+                  '<th data-key="chosen" class="sortable text" data-first="ascending">Chosen by</th>',
                   '<th data-key="time" class="sortable" data-first="ascending">Time/seed (s)</th>',
                   '<th data-key="links" class="text">Links</th>']
         parts.append(f'<table class="board" id="{tid}" data-sorted-by="acc:descending"><thead><tr>'
@@ -348,10 +380,13 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
             cells += [_td(str(len(e.sub["runs"])), len(e.sub["runs"])),
                       _td(STATUS_TEXT[st], STATUS_ORDER[st], st, title=_status_tip(e)),
                       _td(config, None, "text config", raw=True),
+                      _td(_chosen(e), _chosen(e), "text chosen"),
                       _td(f"{e.sub['timing']['mean_per_seed_s']:.1f}", e.sub["timing"]["mean_per_seed_s"]),
                       _td(" · ".join(links), None, "text", raw=True)]
-            parts.append(f'<tr data-id="{html_text(e.id)}">' + "".join(cells) + "</tr>")
-        parts.append("</tbody></table></section>")
+            tuned = "tuned" if selection.is_tuned(e.sub.get("selection")) else "other"
+            parts.append(f'<tr data-id="{html_text(e.id)}" data-selection="{tuned}">' + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>" + "".join(f'<p class="muted note">{html_text(n)}</p>'
+                                                  for n in _left_out(rows)) + "</section>")
     empty = [t for t, rows in track_rows if not rows]
     if empty:
         parts.append('<h2>Tracks without entries yet</h2><ul class="empty">')
@@ -367,10 +402,14 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
     return "\n".join(parts) + "\n"
 
 
-def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None) -> dict:
-    """The board's text (markdown and HTML, links relative to `out_dir`) without writing anything."""
+def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None,
+          tuned_only: bool = False) -> dict:
+    """The board's text (markdown and HTML, links relative to `out_dir`) without writing anything; `tuned_only`
+    keeps the entries whose config was tuned on validation (clbench tune)."""
     out_dir = Path(out_dir)
     entries, rejected = collect(submissions_dir, records_dir)
+    if tuned_only:
+        entries = [e for e in entries if selection.is_tuned(e.sub.get("selection"))]
     for e in entries:
         e.heatmap = out_dir / "heatmaps" / f"{e.id}.png"
     track_rows = tracks(entries)
@@ -378,13 +417,14 @@ def build(submissions_dir="leaderboard/submissions", out_dir="leaderboard", reco
             "html": render_html(track_rows, out_dir, rejected), "entries": entries, "rejected": rejected}
 
 
-def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None) -> dict:
+def render(submissions_dir="leaderboard/submissions", out_dir="leaderboard", records_dir=None,
+           tuned_only: bool = False) -> dict:
     """Write LEADERBOARD.md, index.html and heatmaps/<id>.png; returns the paths and the files not ranked.
     A read-only or misplaced output folder fails with one line before any work."""
     out_dir = check_out_dir(out_dir, "--out")
     check_out_dir(out_dir / "heatmaps", "--out")
     (out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
-    board = build(submissions_dir, out_dir, records_dir)
+    board = build(submissions_dir, out_dir, records_dir, tuned_only=tuned_only)
     for e in board["entries"]:
         write_heatmap(e.sub, e.heatmap)
     md, page = out_dir / "LEADERBOARD.md", out_dir / "index.html"

@@ -34,6 +34,7 @@ from clbench.config import (NON_SEMANTIC_KEYS, SEED_KEYS, ConfigError, canonical
                             load_benchmark)
 from clbench.errors import SubmissionError
 from clbench.escape import slug
+from clbench.leaderboard import selection
 from clbench.provenance import identity, short_id
 from clbench.results import check_out_dir, find_results, load_result, write_json_atomic
 from clbench.schema import MAX_SUBMISSION_BYTES, SUBMISSION_VERSION, metric_inputs, read_json, schema
@@ -280,6 +281,7 @@ def build_submission(paths: Iterable, name: Optional[str] = None, select: Option
         "benchmark": {"name": bench, "version": version},
         "config": seed_free_config(cfg),
         "config_hash": cfg_hash,
+        "selection": selection.from_runs(group),     # how the config was chosen (tuned, preset, default, hand-set)
         "seeds": seeds,
         "runs": seed_runs,
         "summary": summarize(seed_runs),

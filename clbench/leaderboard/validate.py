@@ -11,6 +11,8 @@ from the submitter's own description of the stream. Each problem is a `Validatio
     benchmark         not a shipped leaderboard track, or not its shipped version
     protocol          dataset/scenario differ from the shipped benchmark; eval.reference names a local file
     method            the method record disagrees with the config (strategy, hyper-parameters, source hash)
+    selection         the record of how the config was chosen is malformed, or a tuning record's chosen values
+                      are not the config's
     id                the id is not <benchmark>__<method name slug>__<config_hash[:8]>
     config_hash       the seed-free config does not hash to the claimed config_hash
     run_config_hash   a seed's run config (config + its seeds) does not hash to its recorded hash
@@ -37,6 +39,7 @@ from clbench.config import benchmark_names, compose, config_hash, load_benchmark
 from clbench.errors import SubmissionError
 from clbench.escape import one_line
 from clbench.hparams import check_section
+from clbench.leaderboard import selection
 from clbench.leaderboard.submission import (MIN_SEEDS, load_submission, method_slug, result_digest, run_config,
                                             seed_metrics, sha256)
 from clbench.schema import METRIC_TOL, SUBMISSION_VERSION, metrics_disagree, schema_errors, unscored_problems
@@ -165,6 +168,8 @@ def validate_submission(sub) -> list[ValidationIssue]:
     if sub["id"] != want_id:
         issues.append(ValidationIssue("id", f"id '{sub['id']}' should be '{want_id}' (benchmark, method name, "
                                             f"config hash)"))
+    # how the config was chosen: a well-formed record; a tuned one names the config's own values
+    issues += [ValidationIssue("selection", m) for m in selection.check(sub)]
 
     # the config and its hash (seed-free), then each seed's run config hash
     recomputed = config_hash(cfg)
