@@ -229,6 +229,10 @@ def test_render_writes_the_board(naive, tmp_path):
     assert "## Not ranked" in md and "tampered" in md                   # shown as rejected, not ranked
     page = out["html"].read_text()
     assert f'data-id="{naive["sub"]["id"]}"' in page and 'data-id="split-digits__tampered' not in page
+    # entries compare at equal total memory: the mean over seeds of what each run kept, in MiB
+    mib = sum(r["memory"]["total_bytes"] for r in naive["sub"]["runs"]) / len(naive["sub"]["runs"]) / 2 ** 20
+    assert "Memory (MiB)" in md and f" {mib:.2f} |" in md
+    assert 'data-key="memory"' in page and f'data-sort="{mib}"' in page
     assert out["heatmaps"] and all(p.is_file() and p.stat().st_size > 1000 for p in out["heatmaps"])
     assert main(["leaderboard", "render", "--submissions", str(subs), "--out", str(tmp_path / "b2")]) == 1
 

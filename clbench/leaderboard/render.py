@@ -195,6 +195,17 @@ def _left_out(rows: list[Entry]) -> list[str]:
             if M.uninformative(k, _setting(rows))]
 
 
+def _memory_mib(e: Entry):
+    """Total memory the method keeps, mean over seeds, in MiB: model + exemplars + extra model copies + other
+    state (result.json memory.total_bytes; docs/memory.md), so entries compare at equal total memory."""
+    from clbench.memory import summarize
+    return summarize(e.sub["runs"])["total_mib"]
+
+
+def _mib_text(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
 def _chosen(e: Entry) -> str:
     return selection.describe(e.sub.get("selection"))
 
@@ -219,14 +230,14 @@ def render_markdown(track_rows, out_dir: Path, rejected) -> str:
         lines += [f"## {md(track['name'])} v{track['version']}", "", md(track["description"], 1000), ""]
         cols = _columns(rows)
         head = ["#", "Method"] + [f"{h} ({M.direction(k)})" for k, h in cols] + \
-               ["n", "Verified", "Config", "Chosen by", "Time/seed (s)", "Heatmap", "Submission"]
+               ["n", "Verified", "Config", "Chosen by", "Time/seed (s)", "Memory (MiB)", "Heatmap", "Submission"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         for rank, e in enumerate(rows, 1):
             name, strat = _method_text(e)
             cells = [str(rank), md(name) + (f" ({md(strat)})" if strat else "")]
             cells += [_pct(e.metric(k)) for k, _ in cols]
             cells += [str(len(e.sub["runs"])), STATUS_TEXT[e.status["status"]], md(_config_text(e), 2000),
-                      md(_chosen(e), 500), f"{e.sub['timing']['mean_per_seed_s']:.1f}",
+                      md(_chosen(e), 500), f"{e.sub['timing']['mean_per_seed_s']:.1f}", _mib_text(_memory_mib(e)),
                       f"[png]({_rel(e.heatmap, out_dir)})" if e.heatmap else "–",
                       f"[json]({_rel(e.path, out_dir)})"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -360,6 +371,8 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
                   '<th data-key="config" class="text">Config</th>',
                   '<th data-key="chosen" class="sortable text" data-first="ascending">Chosen by</th>',
                   '<th data-key="time" class="sortable" data-first="ascending">Time/seed (s)</th>',
+                  '<th data-key="memory" class="sortable" data-first="ascending" title="total memory the method '
+                  'keeps: model, exemplars, extra model copies, other state (docs/memory.md)">Memory (MiB)</th>',
                   '<th data-key="links" class="text">Links</th>']
         parts.append(f'<table class="board" id="{tid}" data-sorted-by="acc:descending"><thead><tr>'
                      + "".join(heads) + "</tr></thead><tbody>")
@@ -382,6 +395,7 @@ def render_html(track_rows, out_dir: Path, rejected) -> str:
                       _td(config, None, "text config", raw=True),
                       _td(_chosen(e), _chosen(e), "text chosen"),
                       _td(f"{e.sub['timing']['mean_per_seed_s']:.1f}", e.sub["timing"]["mean_per_seed_s"]),
+                      _td(_mib_text(_memory_mib(e)), _memory_mib(e)),
                       _td(" · ".join(links), None, "text", raw=True)]
             tuned = "tuned" if selection.is_tuned(e.sub.get("selection")) else "other"
             parts.append(f'<tr data-id="{html_text(e.id)}" data-selection="{tuned}">' + "".join(cells) + "</tr>")
