@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from clbench.buffer import Storage
 from clbench.hparams import HP
-from clbench.strategies.parts import per_sample_grads
+from clbench.strategies.parts import joined_with_memory, per_sample_grads
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -119,11 +119,8 @@ class GSS(Strategy):
 
     def loss(self, batch: Batch) -> Tensor:
         # 1. one step on the incoming batch concatenated with a uniform memory sample
-        x, y, t = batch.x, batch.y, batch.t
-        if len(self.buffer) > 0:
-            mem = self.buffer.sample(self.mem_batch)
-            x, y, t = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([t, mem["t"]])
-        return F.cross_entropy(self.forward(x, t), y)
+        b = joined_with_memory(batch, self.buffer, self.mem_batch)
+        return F.cross_entropy(self.forward(b.x, b.t), b.y)
 
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:

@@ -47,6 +47,7 @@ from clbench.buffer import make_buffer
 from clbench.errors import ConfigError
 from clbench.hparams import HP, loguniform, uniform
 from clbench.strategy import Strategy, make_optimizer
+from clbench.strategies.parts import joined_with_memory
 from clbench.stream import Batch, Experience
 
 
@@ -87,11 +88,8 @@ class HAL(Strategy):
 
     def loss(self, batch: Batch) -> Tensor:
         # 1. cross-entropy on the stream batch joined with a memory batch
-        x, y, t = batch.x, batch.y, batch.t
-        if len(self.buffer) > 0:
-            mem = self.buffer.sample(self.mem_batch)
-            x, y, t = torch.cat([x, mem["x"]]), torch.cat([y, mem["y"]]), torch.cat([t, mem["t"]])
-        return F.cross_entropy(self.forward(x, t), y)
+        b = joined_with_memory(batch, self.buffer, self.mem_batch)
+        return F.cross_entropy(self.forward(b.x, b.t), b.y)
 
     def after_backward(self, batch: Batch) -> None:
         # 2. anchors: the outputs after a virtual step are the targets; their loss's gradient joins g

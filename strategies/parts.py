@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from clbench.buffer import Storage
 from clbench.errors import ConfigError
-from clbench.stream import TensorSplit
+from clbench.stream import Batch, TensorSplit
 
 
 # ----- features ------------------------------------------------------------------------------------------
@@ -119,6 +119,16 @@ class ExemplarMemory(Storage):
     def state(self) -> dict:
         return {**super().state(), "per_class": {str(c): n for c, n in self.per_class().items()}}
 
+
+
+def joined_with_memory(batch: Batch, buffer: Storage, n: int) -> Batch:
+    """ER's training batch: the stream batch followed by a uniform sample of n memory samples (the batch
+    itself while the memory is empty)."""
+    if len(buffer) == 0:
+        return batch
+    mem = buffer.sample(n)
+    return Batch(x=torch.cat([batch.x, mem["x"]]), y=torch.cat([batch.y, mem["y"]]),
+                 t=torch.cat([batch.t, mem["t"]]), index=batch.index)
 
 def union(split: TensorSplit, stored: Optional[dict[str, Tensor]]) -> TensorSplit:
     """The training split followed by the stored samples (x, y, t), as one split."""

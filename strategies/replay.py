@@ -8,11 +8,11 @@ cross-entropy, then offers the current batch to the reservoir.
 `strategy.buffer=class_balanced` swaps the reservoir for a class-balanced memory (every seen class gets an
 equal share; class-balanced reservoir sampling, Chrysakis & Moens, ICML 2020), everything else unchanged.
 """
-import torch
 
 from clbench.buffer import make_buffer
 from clbench.hparams import HP
 from clbench.strategy import Strategy
+from clbench.strategies.parts import joined_with_memory
 from clbench.stream import Batch
 
 
@@ -39,11 +39,7 @@ class Replay(Strategy):
     def loss_batch(self, batch: Batch) -> Batch:
         # 1. joint batch: current samples + a uniform sample of the memory
         # 2. (the inherited loss) one cross-entropy over the joint batch
-        if len(self.buffer) == 0:
-            return batch
-        mem = self.buffer.sample(self.mem_batch)
-        return Batch(x=torch.cat([batch.x, mem["x"]]), y=torch.cat([batch.y, mem["y"]]),
-                     t=torch.cat([batch.t, mem["t"]]), index=batch.index)
+        return joined_with_memory(batch, self.buffer, self.mem_batch)
 
     def after_step(self, batch: Batch) -> None:
         # 3. buffer update (reservoir or class-balanced) with the stream samples only
