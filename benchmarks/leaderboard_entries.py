@@ -20,7 +20,7 @@ older submissions (configurations chosen before this protocol).
 Stated deviations (shown on the board next to each entry): on permuted-mnist (10 tasks x 60000 images, batch 10)
 the entries use train.epochs=1 instead of 5 to fit a shared 2-core CPU, in the tuning trials and the test runs
 alike; GPM, HLOP and OWM run with model.bias=false (their projections need bias-free layers, as in their papers).
-Run it through /work/heavy on a shared machine: one local Ray instance with one CPU, one torch thread.
+On a shared machine run it with OMP_NUM_THREADS=1: one local Ray instance with one CPU, one torch thread.
 """
 from __future__ import annotations
 

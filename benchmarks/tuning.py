@@ -12,7 +12,7 @@ what is complete) and the table in benchmarks/results/tuning_<name>.{json,md}.
         --extra dataset.train_per_class=100 dataset.test_per_class=100 --tune budget=12 protocol=full grace=5
 
 One local Ray instance (1 CPU: one trial at a time, one torch thread) serves every tune of the invocation; run it
-through /work/heavy on a shared machine. Wall times are measured here, on this machine, with that instance.
+with OMP_NUM_THREADS=1 on a shared machine. Wall times are measured here, on this machine, with that instance.
 """
 from __future__ import annotations
 
