@@ -2,6 +2,7 @@
 identical (R, metrics, stream) to an uninterrupted run, for every built-in strategy."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,7 +152,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     result, folder = run(args, console=False)
     runs = sorted(p.name for p in (folder / "wandb").glob("offline-run-*"))
     assert len(first) == 1 and len(runs) == 2
-    assert {name.rsplit("-", 1)[1] for name in runs} == {first[0].rsplit("-", 1)[1]}
+    run_id = lambda name: re.match(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)", name).group(1)  # noqa: E731
+    assert {run_id(name) for name in runs} == {run_id(first[0])}   # (a folder of the same second gets "-1" appended)
 
 
 @pytest.mark.parametrize("options", [
