@@ -5,6 +5,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Every built-in strategy that the conformance kit and the kill-and-resume test run over (kfpf is checked with
+# shorter finetuning in test_zoo3_conformance.py; the Avalanche bridge in test_avalanche_bridge.py).
+BUILTINS = ["naive", "joint", "cumulative", "replay", "der", "derpp", "agem", "ewc", "si", "lwf", "gdumb", "gpm",
+            "hlop", "owm", "clser",
+            "icarl", "lwf_mc", "er_ace", "er_aml", "xder", "lucir", "bic", "mir", "gss",
+            "gem", "mas", "rwalk", "pnn", "packnet", "fdr", "hal",
+            "protocl", "hnet", "rnn_hnet", "rehearsal_free", "binary_vcl",
+            "memo", "prd", "napavq", "sharp"]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -25,3 +33,9 @@ def mnist_root():
         pytest.skip("real MNIST not found (set CLBENCH_DATA to a root holding MNIST/raw, "
                     "or place it at <repo>/../shared/datasets)")
     return root
+
+
+def pytest_generate_tests(metafunc):
+    """A test taking `builtin_strategy` runs once per built-in strategy (one list for every such test)."""
+    if "builtin_strategy" in metafunc.fixturenames:
+        metafunc.parametrize("builtin_strategy", BUILTINS)
