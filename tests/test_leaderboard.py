@@ -237,6 +237,20 @@ def test_render_writes_the_board(naive, tmp_path):
     assert main(["leaderboard", "render", "--submissions", str(subs), "--out", str(tmp_path / "b2")]) == 1
 
 
+def test_config_column_shows_only_real_deviations(naive):
+    """Earlier every key the benchmark YAML leaves out (train.amp, model.init, ...) was listed as a deviation
+    even at its declared default, so an entry at the benchmark's own settings read as modified."""
+    from clbench.leaderboard.render import deviations
+    from clbench.leaderboard.validate import leaderboard_track
+    sub = copy.deepcopy(naive["sub"])
+    shipped, _ = leaderboard_track("split-digits", 1)
+    assert "amp" not in shipped["train"] and sub["config"]["train"]["amp"] == "off"
+    assert deviations(sub, shipped) == ["train.epochs=1"]                  # the fixture's one real change
+    sub["config"]["train"]["amp"] = "bf16"
+    sub["config"]["model"]["init"] = "xavier"
+    assert deviations(sub, shipped) == ["model.init=xavier", "train.amp=bf16", "train.epochs=1"]
+
+
 # ----- the committed board (CI check) ---------------------------------------------------------------
 COMMITTED = sorted((REPO / "leaderboard" / "submissions").glob("*.json"))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from clbench import metrics as M
-from clbench.config import benchmark_names, load_benchmark
+from clbench.config import benchmark_names, load_benchmark, section_specs
 from clbench.escape import html_text, markdown_cell
 from clbench.leaderboard import selection
 from clbench.leaderboard.submission import load_submission
@@ -62,12 +62,16 @@ def _track_id(name: str, version) -> str:
 
 
 def deviations(sub: dict, shipped: dict) -> list[str]:
-    """Model and training settings that differ from the shipped benchmark (allowed, shown on the board)."""
+    """Model and training settings that differ from the shipped benchmark (allowed, shown on the board). A key
+    the benchmark YAML leaves out is compared with its declared default (train.amp=off, model.init=default are
+    the benchmark's settings, not deviations)."""
     out = []
     for section in ("model", "train"):
         mine, theirs = sub["config"].get(section) or {}, shipped.get(section) or {}
+        declared = section_specs(shipped, section) or {}
         for key in sorted(set(mine) | set(theirs)):
-            if mine.get(key) != theirs.get(key):
+            base = theirs[key] if key in theirs else (declared[key].default if key in declared else None)
+            if mine.get(key) != base:
                 out.append(f"{section}.{key}={mine.get(key)}")
     return out
 
