@@ -28,7 +28,7 @@ from typing import Iterable, Optional, Sequence
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
 from clbench.errors import ResultFileError, UnknownNameError
 from clbench.escape import markdown_cell, slug
-from clbench.metrics import direction, mean_std
+from clbench.metrics import direction, mean_std, uninformative
 from clbench.provenance import identity, short_id
 from clbench.registry import did_you_mean
 from clbench.results import check_out_dir, find_results, load_result, write_text_atomic
@@ -143,6 +143,7 @@ def aggregate(results: list[dict], pool: bool = False) -> list[dict]:
         rows.append({
             "benchmark": bench,
             "strategy": strat,
+            "setting": (rs[0].get("stream") or {}).get("setting"),
             "label": label,
             "group_hash": gh[:12],
             "identity": _group_identity(rs, label),
@@ -209,7 +210,7 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
     header = ["benchmark", "strategy", "n"] + [f"{n} ({direction(n)})" for n in names] + ["code/data"]
     body = [[r["benchmark"], r["label"], _n_cell(r)] + [_pm(r["metrics"].get(n)) for n in names] +
             [r.get("identity", "-")] for r in rows]
-    repeats = _repeats_note(rows)
+    notes = [x for x in (_repeats_note(rows), _uninformative_note(rows, names)) if x]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(markdown_cell(c, 1000) for c in row) + " |" for row in body]
@@ -217,7 +218,7 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
         lines.append("Values in %, mean ± std over seeds (sample std; none for n = 1); n = distinct seeds. "
                      "(+) higher is better, (-) lower is better; definitions in docs/metrics.md. "
                      "code/data: short code and data identity of the group's runs (docs/provenance.md)." +
-                     (f" {repeats}" if repeats else ""))
+                     "".join(f" {x}" for x in notes))
         return "\n".join(lines) + "\n"
     if fmt != "text":
         raise ValueError(f"unknown table format {fmt!r} (choose text, markdown or csv)")
@@ -228,14 +229,25 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
     lines = [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(row) for row in body]
     lines.append("values in %, mean ± std over seeds (n = distinct seeds); (+) higher is better, (-) lower is "
                  "better; code/data: short code and data identity")
-    if repeats:
-        lines.append(repeats)
+    lines += notes
     return "\n".join(lines) + "\n"
 
 
 def _n_cell(row: dict) -> str:
     runs = row.get("runs", row["n"])
     return str(row["n"]) if runs == row["n"] else f"{row['n']} ({runs} runs)"
+
+
+def _uninformative_note(rows: Sequence[dict], names: Sequence[str]) -> str:
+    """Why a shown metric carries no information for some rows' setting (metrics.UNINFORMATIVE): shown, not
+    silently ranked as if it did."""
+    notes = []
+    for name in names:
+        for setting in sorted({r.get("setting") for r in rows if r.get("setting")}):
+            why = uninformative(name, setting)
+            if why:
+                notes.append(f"note: {name} on {setting} rows carries no information ({why}).")
+    return " ".join(notes)
 
 
 def _repeats_note(rows: Sequence[dict]) -> str:

@@ -121,6 +121,21 @@ def test_repeats_of_one_seed_count_once():
     assert "repeat" not in render_table(aggregate([_fake("naive", 0, 0.2, 0.9), _fake("naive", 1, 0.3, 0.9)]))
 
 
+def test_class_il_fwt_is_shown_with_why_it_carries_no_information():
+    """Class-IL FWT is minus the initial row for every method; the table keeps the column but says so for
+    class-IL rows, and says nothing for task-IL rows or when FWT is not shown."""
+    def with_fwt(setting, seed):
+        r = _fake("naive", seed, 0.2, 0.9)
+        r["metrics"]["fwt"], r["stream"] = -0.1, {"setting": setting}
+        return r
+    class_il = aggregate([with_fwt("class-il", 0), with_fwt("class-il", 1)])
+    assert class_il[0]["setting"] == "class-il"
+    for fmt in ("text", "markdown"):
+        assert "fwt on class-il rows carries no information" in render_table(class_il, fmt=fmt)
+        assert "no information" not in render_table(aggregate([with_fwt("task-il", 0)]), fmt=fmt)
+        assert "no information" not in render_table(class_il, fmt=fmt, metrics=["acc"])
+
+
 def test_unknown_metric_is_refused_with_a_suggestion(runs, tmp_path):
     from clbench.errors import UnknownNameError
     from clbench.report import report
