@@ -64,8 +64,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import ray
-    import torch
-    torch.set_num_threads(1)
     from clbench.errors import RunInterrupted
     from clbench.leaderboard import build_submission, save_submission, validate_submission
     from clbench.leaderboard.render import render
@@ -74,7 +72,7 @@ def main(argv=None) -> int:
     subs_dir = Path(args.board) / "submissions"
     methods = set(args.methods.split(",")) if args.methods else None
     mnist = Path(args.data_root, "MNIST", "raw").is_dir()
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    tuning.start_local_ray()
     failed: list[str] = []
     for bench in args.tracks.split(","):
         track = TRACKS[bench]
@@ -113,15 +111,17 @@ def main(argv=None) -> int:
                 written.add(path.name)
                 current = json.loads(path.read_text())
                 records_dir = Path(args.board) / "verifications"
-                if args.verify and verification_status(current, load_records(records_dir)[0])["status"] != "verified":
+                verified = verification_status(current, load_records(records_dir)[0])["status"]
+                if args.verify and verified != "verified":
                     rec = verify_submission(path, data_root_dir=args.data_root, record_dir=records_dir)
                     print(f"   verify every seed: {'ok' if rec['passed'] else 'FAILED'} "
                           f"({'; '.join(e['reason'] for e in rec['seeds'])}); record {rec['file']}")
+                    verified = verification_status(current, load_records(records_dir)[0])["status"]
                 acc = current["summary"]["acc"]
                 summary.append({"benchmark": bench, "method": strategy, "overrides": track["extra"],
                                 "best": res.record["best"], "val_acc": res.record["best_value"],
                                 "acc_mean": acc["mean"], "acc_std": acc["std"], "n": acc["n"],
-                                "verified": verification_status(current, load_records(records_dir)[0])["status"], "file": path.name,
+                                "verified": verified, "file": path.name,
                                 "tune_wall_s": res.record["wall_s"],
                                 "mean_seconds_per_seed": current["timing"]["mean_per_seed_s"]})
                 print(f"   test ACC {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} % (n={acc['n']}) "
@@ -142,10 +142,7 @@ def main(argv=None) -> int:
         (results / f"leaderboard_entries_{tag}.json").write_text(json.dumps(
             {"seeds": list(tuning.SEEDS), "entries": summary, "failed": track_failed}, indent=2) + "\n")
         if rows:
-            (results / f"tuning_{tag}.md").write_text(tuning.markdown(tag, bench, track["extra"], rows, track_failed))
-            (results / f"tuning_{tag}.json").write_text(json.dumps(
-                {"benchmark": bench, "extra": track["extra"], "seeds": list(tuning.SEEDS), "rows": rows,
-                 "failed": track_failed}, indent=2) + "\n")
+            tuning.write_table(tag, bench, track["extra"], rows, track_failed)
         failed += track_failed
     ray.shutdown()
     out = render(subs_dir, args.board)

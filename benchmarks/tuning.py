@@ -127,6 +127,24 @@ def markdown(name: str, bench: str, extra: list[str], rows: list[dict], failed: 
     return "\n".join(lines) + "\n"
 
 
+def start_local_ray() -> None:
+    """One torch thread and one local Ray instance with 1 CPU (one trial at a time) for every tune of the
+    invocation."""
+    import ray
+    import torch
+    torch.set_num_threads(1)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+
+
+def write_table(name: str, bench: str, extra: list[str], rows: list[dict], failed: list[str]) -> None:
+    """The default-vs-tuned table: benchmarks/results/tuning_<name>.{json,md}."""
+    results = REPO / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"tuning_{name}.json").write_text(json.dumps(
+        {"benchmark": bench, "extra": extra, "seeds": list(SEEDS), "rows": rows, "failed": failed}, indent=2) + "\n")
+    (results / f"tuning_{name}.md").write_text(markdown(name, bench, extra, rows, failed))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--benchmark", default="split-digits")
@@ -145,13 +163,10 @@ def main(argv=None) -> int:
     strategies = args.strategies.split(",") if args.strategies else STRATEGIES
 
     import ray
-    import torch
 
     from clbench.errors import RunInterrupted
-    torch.set_num_threads(1)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    start_local_ray()
     rows, failed = [], []
-    results = REPO / "benchmarks" / "results"
     for strategy in strategies:
         print(f"== {args.benchmark} / {strategy}", flush=True)
         t0 = time.time()
@@ -170,11 +185,7 @@ def main(argv=None) -> int:
             import traceback
             traceback.print_exc()
             failed.append(f"{strategy}: {type(e).__name__}: {e}")
-        results.mkdir(parents=True, exist_ok=True)
-        (results / f"tuning_{name}.json").write_text(json.dumps(
-            {"benchmark": args.benchmark, "extra": args.extra, "seeds": list(SEEDS), "rows": rows, "failed": failed},
-            indent=2) + "\n")
-        (results / f"tuning_{name}.md").write_text(markdown(name, args.benchmark, args.extra, rows, failed))
+        write_table(name, args.benchmark, args.extra, rows, failed)
     ray.shutdown()
     for f in failed:
         print(f"FAILED {f}", file=sys.stderr)

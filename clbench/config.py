@@ -278,14 +278,20 @@ def select_preset(presets: dict, benchmark: str, buffer_size) -> tuple[dict, Opt
 
 
 # ----- overrides ------------------------------------------------------------------------------------------
+def split_key_value(arg: str, example: str, what: str = "argument", form: str = "key=value") -> tuple[str, str]:
+    """A command-line `key=value` as (key, value text), both as typed; one line naming the argument otherwise.
+    Shared by run/sweep/tune arguments."""
+    if "=" not in arg:
+        raise ConfigError(f"{what} '{arg}' is not of the form {form} (e.g. {example})")
+    key, text = arg.split("=", 1)
+    return key, text
+
+
 def parse_overrides(args: Iterable[str]) -> list[tuple[str, Any]]:
     """`a.b=1` -> ("a.b", 1); `+a.b=1` is the same (every key is declared, `+` adds nothing)."""
     out = []
     for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"override '{arg}' is not of the form key=value "
-                              f"(e.g. strategy=replay seed=1 train.lr=0.05)")
-        key, value = arg.split("=", 1)
+        key, value = split_key_value(arg, "strategy=replay seed=1 train.lr=0.05", what="override")
         key = key.lstrip("+").strip()
         if not key or not re.fullmatch(r"[A-Za-z0-9_.:\-]+", key) or ".." in key or key.endswith("."):
             raise ConfigError(f"override '{arg[:80]}' has an invalid key")

@@ -38,7 +38,7 @@ from typing import Any, Optional
 import yaml
 
 from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_hash, configs_dir, group_hash,
-                            parse_value)
+                            parse_value, split_key_value)
 from clbench.errors import RunInterrupted, StorageError, bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.reproducibility import check_threads
@@ -257,10 +257,7 @@ def parse_sweep_args(args: list[str]) -> SweepSpec:
     """Build the sweep from `key=value[,value...]` arguments (and the sweep file named by `sweep=`)."""
     cli: list[tuple[str, str]] = []
     for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"argument '{arg}' is not of the form key=value or key=a,b,c "
-                              f"(e.g. strategy=naive,replay seed=0,1,2 workers=2)")
-        key, text = arg.split("=", 1)
+        key, text = split_key_value(arg, "strategy=naive,replay seed=0,1,2 workers=2", form="key=value or key=a,b,c")
         key = key.strip()
         if not key.lstrip("+"):
             raise ConfigError(f"argument '{arg}' has an empty key")

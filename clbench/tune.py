@@ -42,7 +42,7 @@ import yaml
 
 from clbench import metrics as M
 from clbench.config import (CORE, callback_specs, canonical_hash, check_keys, compose, configs_dir, load_benchmark,
-                            load_yaml_file, model_specs, parse_value, strategy_specs)
+                            load_yaml_file, model_specs, parse_value, split_key_value, strategy_specs)
 from clbench.errors import ConfigError, UnknownNameError, bad_value
 from clbench.hparams import Domain, did_you_mean
 from clbench.loggers import Logger
@@ -178,10 +178,7 @@ def parse_tune_args(args: list[str]) -> TuneSpec:
     overrides: dict[str, str] = {}
     cli = []
     for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"argument '{arg}' is not of the form key=value (e.g. strategy=ewc budget=20 "
-                              f"'strategy.ewc_lambda=loguniform(1,1000)')")
-        key, text = arg.split("=", 1)
+        key, text = split_key_value(arg, "strategy=ewc budget=20 'strategy.ewc_lambda=loguniform(1,1000)'")
         cli.append((key.strip().lstrip("+"), text))
     space_source, with_declared = None, False
     for key, text in cli:
