@@ -35,6 +35,17 @@ def mnist_root():
     return root
 
 
+@pytest.fixture(scope="session")
+def naive_digits_runs(tmp_path_factory):
+    """Genuine runs for the leaderboard tests: naive on split-digits (1 epoch), seeds 0, 1, 2, in one folder
+    (`[0].parent`). Made once per session; tests only read them (they copy what they tamper with)."""
+    from clbench.config import compose
+    from clbench.engine import run
+    out = tmp_path_factory.mktemp("naive_digits") / "runs"
+    return [run(compose(["benchmark=split-digits", "train.epochs=1", "wandb.mode=disabled", "progress=false",
+                         "strategy=naive", f"seed={s}", f"out={out}"]), console=False)[1] for s in (0, 1, 2)]
+
+
 def pytest_generate_tests(metafunc):
     """A test taking `builtin_strategy` runs once per built-in strategy (one list for every such test)."""
     if "builtin_strategy" in metafunc.fixturenames:

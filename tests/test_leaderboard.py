@@ -29,11 +29,11 @@ def make_runs(out, strategy="naive", seeds=(0, 1, 2), extra=()):
 
 
 @pytest.fixture(scope="module")
-def naive(tmp_path_factory):
+def naive(tmp_path_factory, naive_digits_runs):
     """A genuine submission: naive on split-digits (1 epoch), seeds 0, 1, 2."""
     root = tmp_path_factory.mktemp("lb")
-    dirs = make_runs(root / "runs")
-    sub = build_submission([root / "runs"])
+    dirs = naive_digits_runs
+    sub = build_submission([dirs[0].parent])
     path = save_submission(sub, root / "submissions")
     return {"root": root, "dirs": dirs, "sub": sub, "path": path}
 

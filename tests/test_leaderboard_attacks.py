@@ -13,7 +13,7 @@ import torch
 
 from clbench.cli import main
 from clbench.config import benchmark_names, compose, config_hash, load_benchmark
-from clbench.engine import build_stream, run
+from clbench.engine import build_stream
 from clbench.errors import ConfigError, SubmissionError
 from clbench.escape import markdown_cell, plot_text
 from clbench.leaderboard import build_submission, save_submission, validate_file, validate_submission
@@ -25,17 +25,14 @@ from clbench.leaderboard.verify import (EXACT_ATOL, compare, load_records, rerun
 from clbench.results import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["benchmark=split-digits", "train.epochs=1", "wandb.mode=disabled", "progress=false"]
 
 
 @pytest.fixture(scope="module")
-def honest(tmp_path_factory):
+def honest(tmp_path_factory, naive_digits_runs):
     """A genuine submission: naive on split-digits (1 epoch), seeds 0, 1, 2."""
     root = tmp_path_factory.mktemp("attacks")
-    for s in (0, 1, 2):
-        run(compose([*FAST, "strategy=naive", f"seed={s}", f"out={root / 'runs'}"]), console=False)
-    sub = build_submission([root / "runs"])
-    return {"root": root, "sub": sub, "runs": root / "runs"}
+    runs = naive_digits_runs[0].parent
+    return {"root": root, "sub": build_submission([runs]), "runs": runs}
 
 
 @pytest.fixture(scope="module")
@@ -491,11 +488,11 @@ def test_validate_and_render_survive_every_bad_file(honest, tmp_path, capsys):
     assert "| 1 | naive |" in md and md.count("\n- ") >= n_bad          # ranked, and every bad file listed
 
 
-def test_verify_refuses_an_invalid_file_in_one_line(tmp_path, capsys):
+def test_verify_refuses_an_invalid_file_in_one_line(honest, tmp_path, capsys):
     path = tmp_path / "x.json"
     path.write_text("[" * 50_000)
     assert main(["leaderboard", "verify", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clbench: error:") and "does not validate" in err and "\n" not in err
     with pytest.raises(ConfigError, match="--seeds"):
-        verify_submission(REPO / "leaderboard/submissions/split-digits__naive__9fd760f1.json", seeds=[7])
+        verify_submission(put(tmp_path / "subs", honest["sub"]), seeds=[7])

@@ -63,16 +63,16 @@ def dump(page, tmp_path, fragment=""):
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory):
+def board(tmp_path_factory, naive_digits_runs):
     """Three real entries on split-digits (1 epoch, seeds 0-2), one of them verified by a re-run."""
     root = tmp_path_factory.mktemp("page")
-    subs = []
-    for name, strategy, extra in (("naive", "naive", []), ("replay", "replay", []),
-                                  ("naive-low-lr", "naive", ["train.lr=0.01"])):
+    folders = {"naive": naive_digits_runs[0].parent}
+    for name, strategy, extra in (("replay", "replay", []), ("naive-low-lr", "naive", ["train.lr=0.01"])):
         for s in (0, 1, 2):
             run(compose([*FAST, f"strategy={strategy}", f"seed={s}", f"out={root / name}", *extra]), console=False)
-        sub = build_submission([root / name], name=name)
-        subs.append(save_submission(sub, root / "leaderboard" / "submissions"))
+        folders[name] = root / name
+    subs = [save_submission(build_submission([folder], name=name), root / "leaderboard" / "submissions")
+            for name, folder in folders.items()]
     assert verify_submission(subs[1], record_dir=root / "leaderboard" / "verifications")["passed"]
     out = render(root / "leaderboard" / "submissions", root / "leaderboard")
     return {"root": root, "page": out["html"], "subs": subs, "out": out}

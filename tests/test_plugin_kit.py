@@ -249,11 +249,6 @@ def test_task_il_declares_the_heads_known_up_front():
 
 
 # ----- validation split ------------------------------------------------------------------------------------
-def _val_and_train_labels(stream):
-    return ([len(t.test) for t in stream.val_tasks],
-            sorted(int(i) for e in stream.experiences for i in e.train.indices.tolist()))
-
-
 def test_validation_split_is_disjoint_stratified_and_stable_under_the_stream_seed():
     a = prepare(compose([*FAST, "eval.validation=0.25", "seed=0"]))
     b = prepare(compose([*FAST, "eval.validation=0.25", "seed=7", "stream_seed=0"]))
