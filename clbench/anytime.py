@@ -36,9 +36,6 @@ from clbench.evaluator import EvalRow, Evaluator
 from clbench.strategy import Strategy
 from clbench.stream import Stream
 
-ACCURACY_RULES = ("exposed", "seen_tasks")
-
-
 def check_config(cfg: dict) -> tuple[int, int, str]:
     """(every_samples, every_steps, accuracy rule) from the config's eval section (types are checked by the
     declarations in clbench.config); ConfigError when both spacings are set."""

@@ -517,7 +517,7 @@ def compose(overrides: Iterable[str] = (), tuning: Optional[dict] = None) -> dic
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         key = getattr(e, "full_key", None)
-        raise bad_value(f"{key}", f"{msg}" if key else f"bad config: {msg}") from None
+        raise (bad_value(key, msg) if key else ConfigError(f"bad config: {msg}")) from None
     cfg = validate(cfg)
     if not cfg["callbacks"]:
         del cfg["callbacks"]     # keeps the hash of configs without callbacks unchanged

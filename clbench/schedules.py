@@ -33,8 +33,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import torch
-
 from clbench.errors import PluginError, bad_value
 
 SCHEDULES = ("constant", "step", "cosine", "infinite")
@@ -124,6 +122,7 @@ def restore(saved: dict, model, optimizer) -> None:
         raise PluginError(f"train.schedule=infinite: the optimizer's parameters changed between the snapshot before "
                           f"the annealing and the next experience ({len(saved['trained'])} tensors kept, "
                           f"{len(params)} trained now); set train.restart_before_anneal=false for this strategy")
+    import torch  # here, not at the top: clbench.config imports this module and must not load torch
     model.load_state_dict(saved["model"])
     with torch.no_grad():
         for p, v in zip(params, saved["trained"]):

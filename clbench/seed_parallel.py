@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clbench.config import SEED_KEYS
 from clbench.errors import ClbenchError, RunInterrupted
 from clbench.models import MLP, Normalize
 from clbench.strategy import Strategy
 
 CONTAINERS = (MLP, nn.Sequential)                       # forward() is a plain composition of children
 ELEMENTWISE = (nn.ReLU, nn.Identity, Normalize)          # act the same on a leading seed dimension
-SEED_KEYS = ("seed", "stream_seed")
 IGNORED_KEYS = ("out", "config_source")                  # not part of what a run computes
 
 

@@ -355,8 +355,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     for cell in spec.cells():
         overrides = [*cell, f"out={spec.out}"]
         try:
-            cfg = compose(overrides, tuning=spec.tuning)
-            check_threads(cfg)
+            cfg = compose(overrides, tuning=spec.tuning)   # (compose checks threads like every declared key)
         except (ConfigError, UnknownNameError) as e:
             raise type(e)(f"{e} (in sweep cell: {' '.join(cell)})") from None
         # Relative paths would resolve against each worker's folder (Ray workers run elsewhere).

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from clbench.errors import ConfigError, bad_value
+from clbench.errors import bad_value
 from clbench.hparams import HP
 from clbench.scenarios.common import check_stream
 from clbench.stream import EvalTask, Experience, Stream, TensorSplit

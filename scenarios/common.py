@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from clbench.errors import ConfigError, bad_value
+from clbench.errors import bad_value
 from clbench.stream import EvalTask, Experience, MixedSplit, Stream, TensorSplit
 
 SETTINGS = ("class-il", "task-il", "domain-il")

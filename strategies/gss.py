@@ -117,10 +117,9 @@ class GSS(Strategy):
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
         self.n_inserted = self.n_offered = 0
 
-    def loss(self, batch: Batch) -> Tensor:
-        # 1. one step on the incoming batch concatenated with a uniform memory sample
-        b = joined_with_memory(batch, self.buffer, self.mem_batch)
-        return F.cross_entropy(self.forward(b.x, b.t), b.y)
+    def loss_batch(self, batch: Batch) -> Batch:
+        # 1. one step (cross-entropy, the default loss) on the incoming batch concatenated with a uniform memory sample
+        return joined_with_memory(batch, self.buffer, self.mem_batch)
 
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:

@@ -44,10 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clbench.buffer import make_buffer
-from clbench.errors import ConfigError
 from clbench.hparams import HP, loguniform, uniform
 from clbench.strategy import Strategy, make_optimizer
-from clbench.strategies.parts import joined_with_memory
+from clbench.strategies.parts import check_backbone, embed, joined_with_memory
 from clbench.stream import Batch, Experience
 
 
@@ -74,22 +73,15 @@ class HAL(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        for part in ("features", "classifier", "normalize"):
-            if not hasattr(self.model, part):
-                raise ConfigError(f"strategy 'hal' needs a model with 'features', 'classifier' and 'normalize' "
-                                  f"(the penultimate representation); this model has no '{part}'")
+        check_backbone(self.model, "hal")
         self.buffer = make_buffer("reservoir", self.hp.buffer_size, self.device, self.generator)
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
         self.anchors = torch.zeros((0, *self.info.input_shape), device=self.device)   # raw input units
         self.phi: Tensor | None = None     # EMA of the mean stream feature (None: zeros, as after a task)
 
-    def features(self, model, x: Tensor) -> Tensor:
-        return model.features(model.normalize(x))
-
-    def loss(self, batch: Batch) -> Tensor:
-        # 1. cross-entropy on the stream batch joined with a memory batch
-        b = joined_with_memory(batch, self.buffer, self.mem_batch)
-        return F.cross_entropy(self.forward(b.x, b.t), b.y)
+    def loss_batch(self, batch: Batch) -> Batch:
+        # 1. cross-entropy (the default loss) on the stream batch joined with a memory batch
+        return joined_with_memory(batch, self.buffer, self.mem_batch)
 
     def after_backward(self, batch: Batch) -> None:
         # 2. anchors: the outputs after a virtual step are the targets; their loss's gradient joins g
@@ -110,7 +102,7 @@ class HAL(Strategy):
     def after_step(self, batch: Batch) -> None:
         # 3. EMA of the stream's mean feature (after the step), and reservoir insertion
         with torch.no_grad():
-            phi = self.features(self.model, batch.x).mean(0)
+            phi = embed(self.model, batch.x).mean(0)
             beta = float(self.hp.beta)
             self.phi = (1 - beta) * phi if self.phi is None else beta * self.phi + (1 - beta) * phi
         self.buffer.add(batch)
@@ -156,7 +148,7 @@ class HAL(Strategy):
             x = e * scale
             loss = (-F.cross_entropy(self.forward_with(spare, x, t), y, reduction="sum")
                     + F.cross_entropy(self.forward_with(self.model, x, t), y, reduction="sum")
-                    + float(self.hp.gamma) * ((self.features(self.model, x) - phi) ** 2).sum())
+                    + float(self.hp.gamma) * ((embed(self.model, x) - phi) ** 2).sum())
             loss.backward()
             opt.step()
         for p, rg in zip(self.model.parameters(), frozen):

@@ -38,7 +38,8 @@ from clbench.errors import bad_value
 from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy, make_optimizer
 from clbench.stream import Batch, Experience
-from clbench.strategies.representation import check_feature_model, embed
+from clbench.strategies.parts import embed
+from clbench.strategies.representation import check_feature_model
 
 ROT = 4
 

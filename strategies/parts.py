@@ -219,10 +219,3 @@ def per_sample_grads(model: nn.Module, x: Tensor, y: Tensor, head=None, t: Optio
 
     g = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(params, x, y, t)
     return torch.cat([g[k].reshape(len(x), -1) for k in params], 1)
-
-
-def flat_grad(model: nn.Module, loss: Tensor) -> Tensor:
-    """The flattened gradient of `loss` over the trainable parameters (no .grad written)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    gs = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, params)])

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy, frozen_copy, make_optimizer
 from clbench.stream import Batch, Experience
-from clbench.strategies.representation import check_feature_model, embed, gaussian_noise, random_shift, supcon_loss
+from clbench.strategies.parts import embed
+from clbench.strategies.representation import check_feature_model, gaussian_noise, random_shift, supcon_loss
 
 
 class PRDHeads(nn.Module):

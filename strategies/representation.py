@@ -1,5 +1,6 @@
 """Pieces shared by the strategies that learn a representation rather than a softmax head (PRD, SHARP,
-NAPA-VQ): the model's feature vector, the supervised contrastive loss, and the image augmentations they use.
+NAPA-VQ): the feature-model check, the supervised contrastive loss, and the image augmentations they use (the
+feature vector itself is `parts.embed`).
 
 All draws come from the caller's generator, so a strategy stays reproducible and resumable.
 """
@@ -21,11 +22,6 @@ def check_feature_model(model: nn.Module, strategy: str) -> int:
         raise ConfigError(f"strategy '{strategy}' needs a model with `features` and a linear `classifier` "
                           f"(mlp, cnn, reduced_resnet18); got {type(model).__name__}")
     return model.classifier.in_features
-
-
-def embed(model: nn.Module, x: Tensor) -> Tensor:
-    """The representation h(x): the model's feature vector (input normalisation included), no classifier."""
-    return model.features(model.normalize(x))
 
 
 def supcon_loss(z: Tensor, y: Tensor, temperature: float, base_temperature: Optional[float] = None) -> Tensor:

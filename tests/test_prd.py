@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from clbench.config import compose
 from clbench.engine import prepare
-from clbench.strategies.representation import embed, supcon_loss
+from clbench.strategies.parts import embed
+from clbench.strategies.representation import supcon_loss
 
 BASE = ["strategy=prd", "wandb.mode=disabled", "device=cpu", "train.epochs=1", "train.batch_size=64"]
 

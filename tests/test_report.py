@@ -142,3 +142,14 @@ def test_unknown_metric_is_refused_with_a_suggestion(runs, tmp_path):
     with pytest.raises(UnknownNameError, match="(?i)did you mean 'forgetting'"):
         report(runs, out_dir=tmp_path / "rep", figures=False, metrics=["forgeting"])
     assert not (tmp_path / "rep").exists()     # refused before anything is written
+
+
+def test_reading_commands_start_without_torch():
+    """`clbench report`, `show` and the leaderboard commands only read files: their modules must not import torch
+    (about 2 s at every start). Earlier a module-level import in clbench/schedules.py pulled it in via config."""
+    import subprocess
+    import sys
+    code = ("import sys, clbench.config, clbench.report, clbench.show, clbench.leaderboard.validate, clbench.sweep; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -50,7 +50,7 @@ import numpy as np
 from clbench.config import config_hash
 from clbench.config import validate as validate_config
 from clbench.errors import SubmissionError, bad_value
-from clbench.escape import one_line
+from clbench.escape import one_line, slug
 from clbench.leaderboard.submission import MEASURED, load_submission, run_config, submission_digest
 from clbench.leaderboard.validate import validate_file
 from clbench.results import check_out_dir, environment, git_commit, write_json_atomic
@@ -304,7 +304,7 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
 def write_record(record: dict, record_dir) -> Path:
     """`<record_dir>/<submission id>__<digest[:12]>__<UTC time>__<verifier>.json`, never replacing a file."""
     stamp = record["date"][:19].replace("-", "").replace(":", "")
-    who = re.sub(r"[^A-Za-z0-9.+-]+", "-", record["verifier"]).strip("-") or "unknown"
+    who = slug(record["verifier"], keep=".+-", limit=None) or "unknown"
     base = f"{record['submission_id']}__{record['submission_digest'][:12]}__{stamp}Z__{who}"
     path, k = Path(record_dir) / f"{base}.json", 1
     while path.exists():
