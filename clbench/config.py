@@ -535,13 +535,28 @@ PROTOCOL_OVERRIDES = ("benchmark", "strategy", "callbacks", "seed", "stream_seed
                       "dataset", "scenario", "model")
 
 
+def hand_set(overrides) -> list[str]:
+    """The overrides that set hyper-parameters by hand: any key outside PROTOCOL_OVERRIDES, and callback options."""
+    keys = [(o, o.split("=", 1)[0].lstrip("+")) for o in overrides or []]
+    return [o for o, k in keys if k.split(".")[0] not in PROTOCOL_OVERRIDES or k.startswith("callbacks.")]
+
+
+def lookup(cfg: dict, key: str):
+    """The value at a dotted key of a config (None when absent)."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def chosen_by(source: dict) -> str:
     """How a config's hyper-parameters were chosen: "tuned" (a clbench tune record), "hand-set" (overrides of
     strategy/train/model/... keys), "preset" (a shipped preset for this benchmark) or "default" (declared)."""
     if source.get("tuning"):
         return "tuned"
-    keys = [o.split("=", 1)[0].lstrip("+") for o in source.get("overrides", [])]
-    if any(k.split(".")[0] not in PROTOCOL_OVERRIDES or k.startswith("callbacks.") for k in keys):
+    if hand_set(source.get("overrides", [])):
         return "hand-set"
     return "preset" if source.get("presets") else "default"
 

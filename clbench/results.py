@@ -38,17 +38,18 @@ def storage_error(e: OSError, path) -> StorageError:
                         f"out=, then re-run the same command)")
 
 
-def write_text_atomic(path, text: str) -> Path:
+def write_text_atomic(path, text, mode: Optional[int] = None) -> Path:
     """Write then rename: readers see the old file or the whole new one, never a partial one.
 
-    The file gets the usual mode (0666 less the umask), like any file the user writes; an OS failure
-    (disk full, read-only folder) raises StorageError naming the file, and leaves no temporary file.
+    `text` is a str or bytes. The file gets the usual mode (0666 less the umask), like any file the user writes,
+    or `mode` when given (a public record); an OS failure (disk full, read-only folder) raises StorageError
+    naming the file, and leaves no temporary file.
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_file(tmp, text)
+        _write_file(tmp, text, mode)
         os.replace(tmp, path)
     except OSError as e:
         _unlink_quietly(tmp)
@@ -59,9 +60,11 @@ def write_text_atomic(path, text: str) -> Path:
     return path
 
 
-def _write_file(path: Path, text: str) -> None:
+def _write_file(path: Path, text, mode: Optional[int] = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the kernel applies the umask
-    with os.fdopen(fd, "w") as f:
+    if mode is not None:
+        os.fchmod(fd, mode)
+    with os.fdopen(fd, "wb" if isinstance(text, (bytes, bytearray, memoryview)) else "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -98,8 +101,8 @@ def check_out_dir(out, key: str = "out") -> Path:
     return path
 
 
-def write_json_atomic(path, data: dict) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+def write_json_atomic(path, data: dict, mode: Optional[int] = None) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n", mode)
 
 
 def _json_default(o):
@@ -134,17 +137,22 @@ def find_results(paths) -> list[Path]:
     return sorted(found)
 
 
-def is_complete(run_dir) -> bool:
-    """True when the folder holds a sound result.json (see load_result); a damaged one is not complete."""
+def load_complete(run_dir) -> Optional[dict]:
+    """The folder's result.json when it is sound (see load_result), else None: absent, or damaged (one warning
+    line; the run counts as not finished)."""
     path = Path(run_dir) / "result.json"
     if not path.exists():
-        return False
+        return None
     try:
-        load_result(path)
+        return load_result(path)
     except ResultFileError as e:
         print(f"clbench: warning: {e}; the run counts as not finished", file=sys.stderr)
-        return False
-    return True
+        return None
+
+
+def is_complete(run_dir) -> bool:
+    """True when the folder holds a sound result.json (see load_result); a damaged one is not complete."""
+    return load_complete(run_dir) is not None
 
 
 NAME_MAX = 255    # bytes in one file name on Linux and macOS file systems

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,20 +150,10 @@ def save(path, state: dict) -> None:
 
     Serialised in memory first, so that a full disk surfaces as the OS's error (StorageError naming the
     file, no temporary file left) rather than as torch's zip-writer RuntimeError."""
-    from clbench.results import storage_error
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    from clbench.results import write_text_atomic
     buf = io.BytesIO()
     torch.save(state, buf)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise storage_error(e, path) from e
+    write_text_atomic(path, buf.getbuffer())
 
 
 def load(path) -> dict:

@@ -42,7 +42,7 @@ from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_
 from clbench.errors import RunInterrupted, StorageError, bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.reproducibility import check_threads
-from clbench.results import (RunDir, check_out_dir, is_complete, load_result, make_run_id, storage_error,
+from clbench.results import (RunDir, check_out_dir, load_complete, make_run_id, storage_error,
                              write_json_atomic, write_text_atomic)
 
 MANIFEST = "sweep.json"
@@ -438,17 +438,18 @@ def _clean_stale(out: Path, run_id: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def supersede_other_code(out: Path, complete: list[PlannedRun], log) -> dict[str, dict]:
+def supersede_other_code(out: Path, complete: list[PlannedRun], log, results: dict[str, dict]) -> dict[str, dict]:
     """Move aside each complete run whose recorded code or data identity is not the current one (so
     it re-runs) into <out>/superseded/<run_id>.<code8>-<data8>/; returns {run_id: what moved and why}.
     Nothing is deleted: `clbench report <out>` still finds the old results and shows them as their own
-    groups. Data that cannot be loaded here (e.g. it lives only on the workers) is not compared."""
+    groups. Data that cannot be loaded here (e.g. it lives only on the workers) is not compared. `results`: the
+    loaded result.json of each complete run."""
     from clbench.provenance import code_identity, current_identity, describe_change, identity
     moved: dict[str, dict] = {}
     data_now: dict[str, Optional[str]] = {}   # one load per dataset config, for this sweep
     unchecked = set()
     for r in complete:
-        old = identity(load_result(out / r.run_id))
+        old = identity(results[r.run_id])
         dkey = json.dumps([r.cfg["dataset"], r.cfg["data"]], sort_keys=True, default=str)
         if dkey not in data_now:
             try:
@@ -587,13 +588,15 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
     failed_dir = out / "failed"
     status: dict[str, dict] = {}
     todo: list[PlannedRun] = []
-    complete = [r for r in runs if is_complete(out / r.run_id)]
-    moved = {} if spec.settings.get("reuse", "same") == "any" else supersede_other_code(out, complete, log)
+    loaded = {r.run_id: load_complete(out / r.run_id) for r in runs}   # each result.json read and checked once
+    complete = [r for r in runs if loaded[r.run_id] is not None]
+    moved = {} if spec.settings.get("reuse", "same") == "any" else supersede_other_code(out, complete, log, loaded)
     for r in runs:
         entry = {"run_id": r.run_id, "overrides": r.overrides, "label": r.label, "status": "pending"}
         if r.run_id in moved:
             entry["superseded"] = moved[r.run_id]
-        if is_complete(out / r.run_id):
+            loaded[r.run_id] = None                     # moved aside: it runs again
+        if loaded[r.run_id] is not None:
             entry["status"] = "cached"
             (failed_dir / f"{r.run_id}.txt").unlink(missing_ok=True)
         else:
@@ -626,9 +629,12 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
                     entry["status"] = "interrupted"
                     raise RunInterrupted(o.signum, f"during run {o.run_id} of sweep '{spec.name}'", out)
                 try:
-                    if o.status == "done" and o.result is not None and not is_complete(out / o.run_id):
+                    res = load_complete(out / o.run_id) if o.status == "done" else None
+                    if o.status == "done" and o.result is not None and res is None:
                         _publish_here(out, o.run_id, o.result)
-                    if o.status == "done" and is_complete(out / o.run_id):
+                        res = load_complete(out / o.run_id)
+                    loaded[o.run_id] = res
+                    if res is not None:
                         entry["status"] = "done"
                         entry.pop("error", None)
                         entry.pop("traceback_file", None)
@@ -658,7 +664,7 @@ def _run_planned(spec: SweepSpec, runs: list[PlannedRun], executor, argv, log, t
             bar.close()
 
     result = SweepResult(spec=spec, runs=runs, status=status, seconds=time.time() - t_start)
-    complete = [load_result(out / r.run_id) for r in runs if status[r.run_id]["status"] in ("done", "cached")]
+    complete = [loaded[r.run_id] for r in runs if status[r.run_id]["status"] in ("done", "cached")]
     try:
         if complete:
             result.table, result.summary_files = write_summary(out, complete, spec.name)

@@ -41,9 +41,10 @@ from typing import Any, Optional
 import yaml
 
 from clbench import metrics as M
-from clbench.config import (CORE, callback_specs, canonical_hash, check_keys, compose, configs_dir, load_benchmark,
-                            load_yaml_file, model_specs, parse_value, split_key_value, strategy_specs)
+from clbench.config import (callback_specs, canonical_hash, check_keys, compose, configs_dir, load_benchmark,
+                            load_yaml_file, lookup, parse_value, section_specs, split_key_value)
 from clbench.errors import ConfigError, UnknownNameError, bad_value
+from clbench.escape import markdown_cell, plot_text
 from clbench.hparams import Domain, did_you_mean
 from clbench.loggers import Logger
 from clbench.reproducibility import check_threads
@@ -301,21 +302,10 @@ def _apply_settings(spec: TuneSpec, s: dict) -> None:
         spec.resume = s["resume"]
 
 
-def lookup(cfg: dict, key: str):
-    """The value at a dotted key of a config (None when absent)."""
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def declared_space(cfg: dict, fixed: set = frozenset()) -> dict[str, Domain]:
     """Every hyper-parameter declared with a `search` domain (train, model, strategy, callbacks), except the
     keys the user fixed with an override."""
-    sections = [("train", CORE["train"]), ("model", model_specs(cfg["model"]["name"])),
-                ("strategy", strategy_specs(cfg["strategy"]["name"], cfg["strategy"]))]
+    sections = [(s, section_specs(cfg, s)) for s in ("train", "model", "strategy")]
     sections += [(f"callbacks.{n}", callback_specs(n)) for n in cfg.get("callbacks") or {}]
     return {f"{sec}.{k}": spec.search for sec, specs in sections for k, spec in specs.items()
             if spec.search is not None and f"{sec}.{k}" not in fixed}
@@ -436,7 +426,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     from clbench.engine import run
     from clbench.errors import TrainingDiverged
     from clbench.registry import REGISTRIES
-    from clbench.results import is_complete, load_result, make_run_id
+    from clbench.results import load_complete, make_run_id
     from clbench.sweep import format_value
     for kind, objs in ctx.plugins.items():      # what the driver registered in-process (notebooks, tests)
         for name, obj in objs.items():
@@ -446,8 +436,8 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
         raise RuntimeError("a tuning trial must run with eval.test=false and a validation split")
     run_dir = Path(cfg["out"]) / make_run_id(cfg, config_hash(cfg))
     reporter = RayReporter(ctx.metric, report=tune.report, n_experiences=ctx.n_experiences)
-    if is_complete(run_dir):   # finished before an interruption: report its rows again, train nothing
-        r = load_result(run_dir)
+    r = load_complete(run_dir)
+    if r is not None:   # finished before an interruption: report its rows again, train nothing
         reporter.learned = r["stream"]["learned_at"]
         sizes = [t["n_val"] for t in r["stream"]["val_tasks"]]
         reporter.add_row(-1, r["initial_validation_accuracy"], sizes)
@@ -796,7 +786,7 @@ def write_outputs(spec: TuneSpec, rows: list[dict], best: Optional[dict], record
     for r in rows:
         cells = [str(r["n"]), r["trial"], r["status"], str(r["experiences"]), _fmt(r["value"]),
                  _fmt(r["val_acc_seen"]), *[_fmt(r["params"].get(k)) for k in keys], _fmt(r["seconds"])]
-        md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        md.append("| " + " | ".join(markdown_cell(c, 2000) for c in cells) + " |")
     if best:
         md += ["", f"Best: trial {best['trial']} ({_fmt(best['value'])}): `{' '.join(best_overrides(spec, best))}`"]
     files["table_md"] = write_text_atomic(out / "trials.md", "\n".join(md) + "\n")
@@ -835,8 +825,8 @@ def search_plot(rows: list[dict], spec: TuneSpec, path: Path) -> Path:
         ax.annotate("default", (1, 100 * rows[0]["value"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {spec.metric} (%)")
-    ax.set_title(f"clbench tune: {' '.join(spec.overrides)[:80]}\nprotocol {spec.protocol}, {len(rows)} trials",
-                 fontsize=9)
+    title = f"clbench tune: {' '.join(spec.overrides)[:80]}\nprotocol {spec.protocol}, {len(rows)} trials"
+    ax.set_title(plot_text(title), fontsize=9)   # overrides are user text: no mathtext
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, path)

@@ -200,6 +200,21 @@ def test_resume_reruns_only_the_missing_run(local_sweep):
     assert load_result(out / victim)["accuracy_matrix"] == matrices[victim]
 
 
+def test_a_damaged_result_is_read_once_reported_once_and_rerun(local_sweep, capsys):
+    """Earlier a sweep validated each result.json two to four times and printed a damaged file's warning twice."""
+    spec, res, matrices = local_sweep
+    out = spec.out
+    victim = res.runs[2].run_id
+    r = json.loads((out / victim / "result.json").read_text())
+    r["metrics"]["acc"] = 0.99                                      # no longer what R gives
+    (out / victim / "result.json").write_text(json.dumps(r))
+    capsys.readouterr()
+    res2 = run_sweep(parse_sweep_args([*FAST, *GRID, f"out={out}", "workers=1"]), argv=[])
+    assert res2.status[victim]["status"] == "done" and res2.count("cached") == 3
+    assert capsys.readouterr().err.count("counts as not finished") == 1
+    assert load_result(out / victim)["accuracy_matrix"] == matrices[victim]
+
+
 def test_failing_run_is_reported_and_the_rest_finish(tmp_path, capsys):
     out = tmp_path / "fail"
     # Adam passes config composition but OWM rejects an optimizer with state when the run starts

@@ -25,3 +25,12 @@ def test_config_source_says_how_the_config_was_chosen():
     assert compose(["strategy=naive", "model.bias=false", "seed=3"])["config_source"]["chosen_by"] == "default"
     record = {"tool": "clbench tune", "protocol": "full"}
     assert compose(["strategy=naive", "train.lr=0.1"], tuning=record)["config_source"]["chosen_by"] == "tuned"
+
+
+def test_the_board_lists_the_same_hand_set_overrides_that_classify_a_run():
+    """Earlier `+callbacks.<name>.<key>=v` made a run "hand-set" while the board's record of it listed no
+    override: the two read override keys by different rules. Now one rule (config.hand_set) serves both."""
+    from clbench.leaderboard.selection import record
+    src = {"overrides": ["+callbacks.refresh.lr=0.1", "seed=1", "+train.lr=0.2", "benchmark=split-digits"]}
+    assert record(src) == {"kind": "hand-set", "overrides": ["+callbacks.refresh.lr=0.1", "+train.lr=0.2"]}
+    assert record({"overrides": ["seed=1", "model.bias=false"]})["kind"] == "default"

@@ -22,8 +22,7 @@ from clbench import metrics as M
 from clbench.config import benchmark_names, load_benchmark, section_specs
 from clbench.escape import html_text, markdown_cell
 from clbench.leaderboard import selection
-from clbench.leaderboard.submission import load_submission
-from clbench.leaderboard.validate import ValidationIssue, leaderboard_track, validate_file
+from clbench.leaderboard.validate import ValidationIssue, check_file, leaderboard_track
 from clbench.leaderboard.verify import load_records, verification_status
 from clbench.results import check_out_dir, write_text_atomic
 
@@ -130,11 +129,10 @@ def collect(submissions_dir, records_dir=None) -> tuple[list[Entry], dict[Path, 
     records, bad_records = load_records(records_dir or submissions_dir.parent / "verifications")
     valid, rejected = [], {}
     for path in sorted(submissions_dir.glob("*.json")):
-        issues = validate_file(path)
+        sub, issues = check_file(path)
         if issues:
             rejected[path] = issues
             continue
-        sub = load_submission(path)
         shipped, _ = leaderboard_track(sub["benchmark"]["name"], sub["benchmark"]["version"])
         valid.append(Entry(sub=sub, path=path, status=verification_status(sub, records),
                            deviations=deviations(sub, shipped)))

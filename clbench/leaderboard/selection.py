@@ -12,9 +12,8 @@ import json
 from typing import Optional
 
 from clbench import metrics as M
-from clbench.config import PROTOCOL_OVERRIDES, chosen_by
+from clbench.config import chosen_by, hand_set, lookup
 from clbench.errors import ConfigError
-from clbench.tune import lookup
 
 KINDS = ("tuned", "preset", "default", "hand-set")
 MAX_BYTES = 64_000          # a tuning record is a few kB; anything far larger is not one
@@ -31,9 +30,7 @@ def record(source: Optional[dict]) -> dict:
     elif kind == "preset":
         out["presets"] = [p.get("preset") for p in source.get("presets") or []]
     elif kind == "hand-set":
-        out["overrides"] = [o for o in source.get("overrides") or []
-                            if o.split("=", 1)[0].lstrip("+").split(".")[0] not in PROTOCOL_OVERRIDES
-                            or o.startswith("callbacks.")]
+        out["overrides"] = hand_set(source.get("overrides"))
     return out
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Optional
@@ -324,8 +323,7 @@ def save_submission(sub: dict, out_dir="leaderboard/submissions", overwrite: boo
     path = out_dir / f"{sub['id']}.json"
     if path.exists() and not overwrite:
         raise SubmissionError(f"{path} exists (same benchmark, method name and config); use --force to replace it")
-    write_json_atomic(path, sub)
-    os.chmod(path, 0o644)  # a public record (write_json_atomic's temp file starts as 0600)
+    write_json_atomic(path, sub, mode=0o644)  # a public record
     return path
 
 
@@ -370,6 +368,5 @@ def migrate_file(path) -> str:
     issues = validate_submission(new)
     if issues:
         raise SubmissionError(f"{path}: the migrated submission does not validate: {issues[0]}")
-    write_json_atomic(path, new)
-    os.chmod(path, 0o644)
+    write_json_atomic(path, new, mode=0o644)
     return f"{path}: migrated to submission_schema {SUBMISSION_VERSION}" + "".join(f"; {n}" for n in notes)

@@ -238,17 +238,23 @@ def validate_submission(sub) -> list[ValidationIssue]:
     return issues
 
 
-def validate_file(path) -> list[ValidationIssue]:
-    """Every problem of the submission file at `path`; never raises for anything the file holds."""
+def check_file(path) -> tuple[Optional[dict], list[ValidationIssue]]:
+    """The submission file at `path`, read once, and every problem it has (the submission is None when the file
+    cannot be read); never raises for anything the file holds."""
     try:
         sub = load_submission(path)
     except SubmissionError as e:
-        return [ValidationIssue("file", str(e))]
+        return None, [ValidationIssue("file", str(e))]
     try:
         issues = validate_submission(sub)
     except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as e:  # a gap in the checks
-        return [ValidationIssue("check_failed", f"{type(e).__name__} while checking {path}: {e} "
-                                                f"(please report this input to clbench)")]
+        return sub, [ValidationIssue("check_failed", f"{type(e).__name__} while checking {path}: {e} "
+                                                     f"(please report this input to clbench)")]
     if not issues and Path(path).name != f"{sub['id']}.json":
         issues.append(ValidationIssue("schema", f"file name '{Path(path).name}' should be '{sub['id']}.json'"))
-    return issues
+    return sub, issues
+
+
+def validate_file(path) -> list[ValidationIssue]:
+    """Every problem of the submission file at `path`; never raises for anything the file holds."""
+    return check_file(path)[1]

@@ -51,8 +51,8 @@ from clbench.config import config_hash
 from clbench.config import validate as validate_config
 from clbench.errors import SubmissionError, bad_value
 from clbench.escape import one_line, slug
-from clbench.leaderboard.submission import MEASURED, load_submission, run_config, submission_digest
-from clbench.leaderboard.validate import validate_file
+from clbench.leaderboard.submission import MEASURED, run_config, submission_digest
+from clbench.leaderboard.validate import check_file
 from clbench.results import check_out_dir, environment, git_commit, write_json_atomic
 from clbench.schema import MAX_RECORD_BYTES, VERIFICATION_VERSION, read_json, schema, schema_errors
 
@@ -226,11 +226,10 @@ def verify_submission(path, seeds: Optional[list[int]] = None, device: str = "cp
         raise bad_value("--cpu-isa", f"expected one of {', '.join(k.lower() for k in ISA_ENV)}, got {cpu_isa!r}")
     atol, rule = tolerance(atol)
     who = verifier_name(verifier)
-    issues = validate_file(path)
+    sub, issues = check_file(path)
     if issues:
         raise SubmissionError(f"{path} does not validate ({len(issues)} problem(s), first: {issues[0]}); "
                               f"run `clbench leaderboard validate {path}`")
-    sub = load_submission(path)
     chosen = list(sub["seeds"]) if seeds is None else [int(s) for s in seeds]
     unknown = [s for s in chosen if s not in sub["seeds"]]
     if unknown or not chosen or len(set(chosen)) != len(chosen):
@@ -310,8 +309,7 @@ def write_record(record: dict, record_dir) -> Path:
     while path.exists():
         k += 1
         path = Path(record_dir) / f"{base}-{k}.json"
-    write_json_atomic(path, {k: v for k, v in record.items() if k != "file"})
-    os.chmod(path, 0o644)   # a public record
+    write_json_atomic(path, {k: v for k, v in record.items() if k != "file"}, mode=0o644)   # a public record
     return path
 
 
