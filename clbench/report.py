@@ -278,6 +278,10 @@ def _groups(results: list[dict], pool: bool) -> dict[tuple, list[dict]]:
     return groups
 
 
+def _runs_of(groups: dict, row: dict, pool: bool) -> list[dict]:
+    return groups[(row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])]
+
+
 def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Optional[Sequence[str]] = None,
                  pool: bool = False, memory: bool = False) -> dict:
     """Write report.csv, report.md and the PNG figures to `out_dir`; returns the rows and the paths.
@@ -289,13 +293,13 @@ def write_report(results: list[dict], out_dir, figures: bool = True, metrics: Op
     for name, fmt in (("report.csv", "csv"), ("report.md", "markdown")):
         written.append(write_text_atomic(out / name, render_table(rows, fmt=fmt,
                                                                   metrics=metrics if fmt != "csv" else None)))
-    groups = _groups(results, pool)
+    groups = _groups(results, pool) if memory or figures else {}
     if memory:   # (zoo3a, issue 16: the memory-aligned comparison, clbench/memory.py)
         written += _write_memory(groups, rows, out, figures, pool)
     if figures:
         by_bench: dict[str, list[tuple[dict, list[dict]]]] = {}
         for row in rows:
-            rs = groups[(row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])]
+            rs = _runs_of(groups, row, pool)
             shape = {len(r["accuracy_matrix"]) for r in rs}
             if len(shape) > 1:  # not comparable cell by cell: draw the first shape only
                 rs = [r for r in rs if len(r["accuracy_matrix"]) == len(rs[0]["accuracy_matrix"])]
@@ -349,8 +353,7 @@ def _write_memory(groups: dict, rows: list[dict], out: Path, figures: bool, pool
     from clbench import plots
     from clbench.memory import equal_memory_table, summarize
     for row in rows:
-        key = (row["benchmark"], row["strategy"], row["group_hash"], "" if pool else row["identity"])
-        row["memory"] = summarize(groups[key])
+        row["memory"] = summarize(_runs_of(groups, row, pool))
     written = [write_text_atomic(out / "memory.md", equal_memory_table(rows))]
     if figures:
         for bench in sorted({row["benchmark"] for row in rows}):

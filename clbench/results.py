@@ -155,6 +155,25 @@ def is_complete(run_dir) -> bool:
     return load_complete(run_dir) is not None
 
 
+def try_lock(path: Path, holder: Optional[str] = None, mode: int = 0o644) -> tuple[Optional[int], str]:
+    """Take an exclusive OS lock (flock) on the file `path` without waiting. The kernel drops it when the returned
+    fd is closed or its process dies, however it dies, so a lock left by a killed process is free at once and
+    two processes never hold it together. Returns (fd, "") and writes `holder` into the file (who holds it, for
+    messages), or (None, what the file says) when another process holds it. The file is never deleted (a process
+    that opened it just before would lock a file nobody sees)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        current = os.pread(fd, 256, 0).decode(errors="replace").strip()
+        os.close(fd)
+        return None, current
+    if holder is not None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+    return fd, ""
+
+
 NAME_MAX = 255    # bytes in one file name on Linux and macOS file systems
 RUN_ID_MAX = 200  # leaves room for '.<run id>.partial', '_r<k>' and 'failed/<run id>.txt'
 
@@ -212,15 +231,10 @@ class RunDir:
             work.mkdir()
         except FileExistsError:
             pass
-        fd = os.open(work / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd, _ = try_lock(work / self.LOCK, f"{os.getpid()}\n")
+        if fd is None:
             return False
         self._lock_fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         if fresh:
             self.clear(work)
         return True

@@ -404,10 +404,14 @@ class Strategy:
         # control flow here: this runs under torch.func.vmap for per-sample gradients)
         return logits.masked_fill(~self.class_mask[t], torch.finfo(logits.dtype).min)
 
+    def task_head(self, logits: Tensor, t: Optional[Tensor]) -> Tensor:
+        """The logits a training loss sees: masked to each sample's task head in task-IL, unchanged otherwise
+        (for strategies that run another model or a functional call, next to `forward`)."""
+        return self.mask_logits(logits, t) if (self.task_aware and t is not None) else logits
+
     def forward(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
         """Training forward pass: logits, masked to the task's head when the setting is task-IL."""
-        logits = (self._compiled if self._compiled is not None else self.model)(x)
-        return self.mask_logits(logits, t) if (self.task_aware and t is not None) else logits
+        return self.task_head((self._compiled if self._compiled is not None else self.model)(x), t)
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
         """Logits for evaluation. `task_id` is given only in task-IL."""

@@ -42,7 +42,7 @@ from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_
 from clbench.errors import RunInterrupted, StorageError, bad_value
 from clbench.registry import UnknownNameError, did_you_mean
 from clbench.reproducibility import check_threads
-from clbench.results import (RunDir, check_out_dir, load_complete, make_run_id, storage_error,
+from clbench.results import (RunDir, check_out_dir, load_complete, make_run_id, storage_error, try_lock,
                              write_json_atomic, write_text_atomic)
 
 MANIFEST = "sweep.json"
@@ -498,26 +498,18 @@ def _publish_here(out: Path, run_id: str, result: dict) -> None:
 def _sweep_lock(out: Path):
     """One sweep process per folder: a second one would re-run (and clobber) the first one's pending runs.
 
-    An OS lock (flock) on `<out>/.sweep.lock`: the kernel drops it when its holder dies, however it dies, so
-    a lock left by a killed sweep is free at once, and two processes never hold it together (taking over
-    a stale lock file by check-then-write let two do so). The file only says who holds it, for the
-    message; it is never deleted (a process that opened it just before would lock a file nobody sees).
+    An OS lock on `<out>/.sweep.lock` (results.try_lock: free at once when its holder dies; taking over a stale
+    lock file by check-then-write let two sweeps hold it). The file says who holds it, for the message.
     """
-    import fcntl
     lock = out / ".sweep.lock"
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fd, holder = try_lock(lock, f"{socket.gethostname()}:{os.getpid()}", 0o666)
     except OSError as e:
         raise storage_error(e, lock) from e
+    if fd is None:
+        raise ConfigError(f"sweep folder {out} is in use by another clbench sweep ({holder or 'another process'}); "
+                          f"wait for it to finish (the lock is released when that process ends, however it ends)")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
-            raise ConfigError(f"sweep folder {out} is in use by another clbench sweep ({holder}); wait for it "
-                              f"to finish (the lock is released when that process ends, however it ends)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import math
@@ -48,7 +47,7 @@ from clbench.escape import markdown_cell, plot_text
 from clbench.hparams import Domain, did_you_mean
 from clbench.loggers import Logger
 from clbench.reproducibility import check_threads
-from clbench.results import write_json_atomic, write_text_atomic
+from clbench.results import try_lock, write_json_atomic, write_text_atomic
 
 INSTALL_HINT = 'clbench tune needs Ray Tune and Optuna: pip install -e ".[tune]"  (or pip install "ray[tune]" optuna)'
 PROTOCOLS = ("full", "first-k")
@@ -599,12 +598,9 @@ def tune(spec: TuneSpec, log=None) -> TuneResult:
 @contextmanager
 def _folder_lock(out: Path):
     """One clbench tune per folder (the OS drops the lock when the process dies)."""
-    fd = os.open(out / ".tune.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(f"tune folder {out} is in use by another clbench tune; wait for it to finish") from None
+    fd, _ = try_lock(out / ".tune.lock")
+    if fd is None:
+        raise ConfigError(f"tune folder {out} is in use by another clbench tune; wait for it to finish")
     try:
         yield
     finally:

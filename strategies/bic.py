@@ -33,7 +33,7 @@ from torch import Tensor
 
 from clbench.hparams import HP, uniform
 from clbench.strategies.icarl import build_exemplars
-from clbench.strategies.parts import ExemplarMemory, check_backbone
+from clbench.strategies.parts import ExemplarMemory, check_backbone, eval_mode
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience, TensorSplit
 
@@ -126,7 +126,7 @@ class BiC(Strategy):
     def loss(self, batch: Batch) -> Tensor:
         seen = torch.tensor(self.seen_classes, device=self.device)
         out = self.model(batch.x)
-        head = self.mask_logits(out, batch.t) if self.task_aware else out     # task-IL: CE within the task's head
+        head = self.task_head(out, batch.t)     # task-IL: CE within the task's head
         ce = F.cross_entropy(head[:, seen], torch.searchsorted(seen, batch.y))
         if self.previous_model is None or not self.old_classes:
             return ce
@@ -154,12 +154,8 @@ class BiC(Strategy):
     def fit_bias(self, held: dict[str, Tensor], new: list[int]) -> Tensor:
         """(beta, gamma) minimising CE of the corrected logits on the held-out set (network frozen)."""
         seen = torch.tensor(self.seen_classes, device=self.device)
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             z = self.model(held["x"].to(self.device))
-        for m, mode in modes:
-            m.training = mode
         target = torch.searchsorted(seen, held["y"].to(self.device))
         params = torch.tensor([1.0, 0.0], device=self.device, requires_grad=True)
         opt = torch.optim.SGD([params], lr=float(self.hp.bias_lr), momentum=0.9)

@@ -87,8 +87,7 @@ class CLSER(Strategy):
         return loss + F.cross_entropy(self.forward(x, t), y)
 
     def _forward(self, model, x, t):
-        logits = model(x)
-        return self.mask_logits(logits, t) if self.task_aware else logits
+        return self.task_head(model(x), t)
 
     def after_step(self, batch: Batch) -> None:
         self.buffer.add(batch)

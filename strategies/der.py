@@ -45,15 +45,11 @@ class DER(Strategy):
         self.mem_batch = int(self.hp.mem_batch_size or self.train_cfg["batch_size"])
         self._logits: Tensor | None = None
 
-    def head(self, logits: Tensor, t: Tensor) -> Tensor:
-        """Logits the cross-entropy sees (the task's head in task-IL); stored logits stay unmasked."""
-        return self.mask_logits(logits, t) if self.task_aware else logits
-
     def loss(self, batch: Batch) -> Tensor:
-        # 1. cross-entropy on the stream batch; keep its logits for insertion after the step
+        # 1. cross-entropy on the stream batch (the task's head in task-IL); keep its unmasked logits for insertion
         z = self.model(batch.x)
         self._logits = z.detach()
-        loss = F.cross_entropy(self.head(z, batch.t), batch.y)
+        loss = F.cross_entropy(self.task_head(z, batch.t), batch.y)
         # 2. dark knowledge: match the logits recorded when the memory samples were inserted
         if len(self.buffer) > 0:
             mem = self.buffer.sample(self.mem_batch)

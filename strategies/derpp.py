@@ -33,4 +33,4 @@ class DERpp(DER):
         if len(self.buffer) == 0:
             return 0.0
         mem = self.buffer.sample(self.mem_batch)   # independent of DER's sample
-        return float(self.hp.beta) * F.cross_entropy(self.head(self.model(mem["x"]), mem["t"]), mem["y"])
+        return float(self.hp.beta) * F.cross_entropy(self.task_head(self.model(mem["x"]), mem["t"]), mem["y"])

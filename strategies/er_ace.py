@@ -66,8 +66,7 @@ class ERACE(Strategy):
         return bool(self.hp.task_free) or (self.experience is not None and self.experience.index > 0)
 
     def logits(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.model(x)
-        return self.mask_logits(out, t) if self.task_aware else out
+        return self.task_head(self.model(x), t)
 
     def incoming_loss(self, batch: Batch) -> Tensor:
         """CE on the incoming batch, logits of seen-but-absent classes masked (asymmetric CE)."""

@@ -260,7 +260,7 @@ class KFPF(FPFMixin, Strategy):
     def loss(self, batch: Batch) -> Tensor:
         z = self.model(batch.x)                     # 1. plain SGD on the stream batch, no replay
         self._logits = z.detach() if self.hp.kd > 0 else None
-        return F.cross_entropy(self.mask_logits(z, batch.t) if self.task_aware else z, batch.y)
+        return F.cross_entropy(self.task_head(z, batch.t), batch.y)
 
     def after_step(self, batch: Batch) -> None:
         # 2. the stream goes to the reservoir (with its logits for -KD)

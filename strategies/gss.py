@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from clbench.buffer import Storage
 from clbench.hparams import HP
-from clbench.strategies.parts import joined_with_memory, per_sample_grads
+from clbench.strategies.parts import eval_mode, joined_with_memory, per_sample_grads
 from clbench.strategy import Strategy
 from clbench.stream import Batch
 
@@ -124,13 +124,8 @@ class GSS(Strategy):
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         # 2. greedy selection of the incoming samples (network in eval mode, as the authors and Mammoth)
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             self.select(batch)
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
     def similarity(self, batch: Batch) -> tuple[float, Tensor]:
         """(c_B, c): c_B = max_j cos(grad CE(B), G_j) + 1 and c_i = max_j cos(grad CE(x_i, y_i), G_j) + 1, with G_j

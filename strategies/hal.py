@@ -128,8 +128,7 @@ class HAL(Strategy):
         return spare
 
     def forward_with(self, model, x: Tensor, t: Tensor) -> Tensor:
-        logits = model(x)
-        return self.mask_logits(logits, t) if self.task_aware else logits
+        return self.task_head(model(x), t)
 
     def anchors_for(self, classes: list[int], spare, phi: Tensor) -> Tensor:
         """Optimise one input e_c per class (in [0, 1] units) to be forgotten by theta_m, kept by theta, near phi.

@@ -51,7 +51,7 @@ class LwF(Strategy):
 
     def loss(self, batch: Batch) -> Tensor:
         raw = self.model(batch.x)
-        logits = self.mask_logits(raw, batch.t) if self.task_aware else raw
+        logits = self.task_head(raw, batch.t)
         # 1. cross-entropy over the classes seen so far (unseen heads get no gradient)
         seen = torch.tensor(self.seen_classes, device=logits.device)
         ce = F.cross_entropy(logits[:, seen], torch.searchsorted(seen, batch.y))

@@ -42,6 +42,7 @@ from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience, TensorSplit
 from clbench.strategies.joint import union_split
+from clbench.strategies.parts import eval_mode
 
 
 def _uniform_linear(d_in: int, d_out: int, generator: torch.Generator) -> nn.Linear:
@@ -210,12 +211,8 @@ class MEMO(Strategy):
                 pos = (self.exemplars["y"] == c).nonzero().squeeze(1)[:m]
                 parts.append({k: v[pos] for k, v in self.exemplars.items()})
         data = exp.train.get(torch.arange(len(exp.train), device=exp.train.device))
-        modes = [(mod, mod.training) for mod in self.model.modules()]
-        self.model.eval()
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             feats = torch.cat([self.model.features(data.x[i:i + 1000]) for i in range(0, len(data.y), 1000)])
-        for mod, was_training in modes:
-            mod.training = was_training
         for c in exp.classes:
             pos = (data.y == c).nonzero().squeeze(1)
             chosen = pos[herding(feats[pos], m)] if m > 0 else pos[:0]

@@ -52,7 +52,7 @@ class MIR(Strategy):
 
     def logits(self, x: Tensor, t: Tensor, params=None) -> Tensor:
         out = self.model(x) if params is None else functional_call(self.model, params, (x,))
-        return self.mask_logits(out, t) if self.task_aware else out
+        return self.task_head(out, t)
 
     def candidates(self) -> dict[str, Tensor] | None:
         mem = self.buffer.contents()

@@ -38,7 +38,7 @@ from clbench.errors import bad_value
 from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy, make_optimizer
 from clbench.stream import Batch, Experience
-from clbench.strategies.parts import embed
+from clbench.strategies.parts import embed, eval_mode
 from clbench.strategies.representation import check_feature_model
 
 ROT = 4
@@ -151,20 +151,16 @@ class NAPAVQ(Strategy):
 
     def _save_prototypes(self, exp: Experience) -> None:
         """p_l = mean feature of label l over the experience's data (eval mode), for its labels."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
         sums = torch.zeros_like(self.prototypes)
         counts = torch.zeros(len(self.prototypes), device=self.device)
         sq = 0.0
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             for b in exp.train.batches(256, shuffle=False):
                 x, y = rotations(b.x, b.y, self.rot)
                 f = embed(self.model, x)
                 sums.index_add_(0, y, f)
                 counts.index_add_(0, y, torch.ones(len(y), device=self.device))
                 sq += float((f ** 2).sum())
-        for m, was in modes:
-            m.training = was
         seen = counts > 0
         self.prototypes[seen] = sums[seen] / counts[seen, None]
         self.has_prototype |= seen

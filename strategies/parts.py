@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -39,17 +40,25 @@ def embed(model: nn.Module, x: Tensor) -> Tensor:
     return model.features(model.normalize(x))
 
 
-@torch.no_grad()
-def embed_all(model: nn.Module, x: Tensor, chunk: int = 2048) -> Tensor:
-    """Features of many inputs in eval mode (BatchNorm statistics untouched), the model's mode restored."""
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Every module in eval mode inside the block (BatchNorm statistics untouched, no dropout); each module's own
+    mode restored after it, however the block ends."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return torch.cat([embed(model, x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else \
-            torch.zeros(0, device=x.device)
+        yield model
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@torch.no_grad()
+def embed_all(model: nn.Module, x: Tensor, chunk: int = 2048) -> Tensor:
+    """Features of many inputs in eval mode (BatchNorm statistics untouched), the model's mode restored."""
+    with eval_mode(model):
+        return torch.cat([embed(model, x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else \
+            torch.zeros(0, device=x.device)
 
 
 # ----- herding (iCaRL) ----------------------------------------------------------------------------------

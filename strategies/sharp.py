@@ -43,6 +43,7 @@ from clbench.errors import ConfigError, bad_value
 from clbench.hparams import HP, loguniform, randint
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import eval_mode
 from clbench.strategies.representation import supcon_loss
 
 INPUT = 99                    # input units: never free
@@ -171,12 +172,8 @@ class SHARP(Strategy):
         perc = max(100 * 0.5 * (1 + math.cos(t * math.pi / float(self.hp.tau))), float(self.hp.min_activation_perc))
         x = exp.train.get(torch.arange(min(int(self.hp.select_samples), len(exp.train)),
                                        device=exp.train.device)).x
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             acts = self.net.activations(x)
-        for m, was in modes:
-            m.training = was
         for state, act in zip(self.states, acts):
             candidates = state <= 1                                    # free or selected this episode
             picked = torch.zeros_like(candidates)
@@ -256,10 +253,8 @@ class SHARP(Strategy):
         for state in self.states:                                   # promote_units
             state[state != 0] += 1
         data = exp.train.get(torch.arange(len(exp.train), device=exp.train.device))
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
         replayed = self._replayed_classes()
-        with torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             stm = {c: c_ for c, c_ in self.stm.items() if int(c) in replayed}
             for c in exp.classes:
                 stm[str(c)] = quantize(self.net.early(self._pick(data, c, int(self.hp.stm_per_class)).x))
@@ -272,8 +267,6 @@ class SHARP(Strategy):
                 for c in classes:                                  # the replayed classes, re-encoded from the STM
                     a, _ = self._sample_stm([c], int(self.hp.ltm_per_class))
                     self._store_ltm(c, self.net.late(a, self.states[-1] == 0), 3 + age)
-        for m, was in modes:
-            m.training = was
         self.episodes.append(sorted(exp.classes))
         keep = {str(c) for c in self._replayed_classes()}
         self.stm = {c: v for c, v in stm.items() if c in keep}
