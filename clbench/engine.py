@@ -361,11 +361,11 @@ def _interrupted(run: Run, sig: _Signals, checkpoint: Optional[Path], where: str
     raise RunInterrupted(sig.signum, where, folder)
 
 
-def _metrics(rows: list, initial: dict, stream: Stream, reference) -> dict:
+def _metrics(rows: list, initial: dict, stream: Stream, reference, anytime_acc_seen=None) -> dict:
     # the one metrics function `report` and the leaderboard's submit/validate use too
-    masked = [r["acc_task_masked"] for r in rows] if stream.setting == "class-il" else None
     return M.summarize([r["acc"] for r in rows], initial["acc"], stream.learned_rows(), setting=stream.setting,
-                       task_sizes=initial["n"], task_masked=masked, reference=reference and reference["accuracy"])
+                       task_sizes=initial["n"], task_masked=[r["acc_task_masked"] for r in rows],
+                       reference=reference and reference["accuracy"], anytime_acc_seen=anytime_acc_seen)
 
 
 def _result(run: Run, P: _Progress, anytime, t_start: float) -> dict:
@@ -373,16 +373,17 @@ def _result(run: Run, P: _Progress, anytime, t_start: float) -> dict:
     reference = run.reference
     extra: dict = {}
     metrics: dict = {}
+    curve = anytime.result() if anytime is not None else None
+    seen = curve["acc_seen"] if curve is not None else None    # scored on test, or on validation in a tune
     if P.rows:
-        metrics = _metrics(P.rows, P.initial, stream, reference)
+        metrics = _metrics(P.rows, P.initial, stream, reference, seen)
     if P.val_rows:
         extra["validation_accuracy_matrix"] = [r["acc"] for r in P.val_rows]
         extra["initial_validation_accuracy"] = P.initial_val["acc"]
-        extra["validation_metrics"] = _metrics(P.val_rows, P.initial_val, stream, None)
+        extra["validation_metrics"] = _metrics(P.val_rows, P.initial_val, stream, None, None if P.rows else seen)
     train_s, eval_s = P.train_s, P.eval_s
     if anytime is not None:  # anytime evaluation ran inside training: count it as evaluation time
-        extra["anytime"] = anytime.result()
-        (metrics if P.rows else extra["validation_metrics"])["anytime_acc_auc"] = extra["anytime"]["auc"]
+        extra["anytime"] = curve
         train_s -= anytime.eval_s
         eval_s += anytime.eval_s
     if reference is not None:
