@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from clbench.metrics import pm
 from clbench.report import aggregate, load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +61,6 @@ def choose(per_lambda: dict):
         return None
     stable = {lam: c for lam, c in per_lambda.items() if c["diverged"] == 0 and c.get("acc")}
     return max(stable, key=lambda lam: stable[lam]["acc"]["mean"]) if stable else None
-
-
-def pm(stat) -> str:
-    if not stat or stat.get("mean") is None:
-        return "-"
-    return f"{100 * stat['mean']:.2f}" + (f" ± {100 * stat['std']:.2f}" if stat.get("std") is not None else "")
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from clbench.escape import slug
-from clbench.metrics import mean_std
+from clbench.metrics import mean_std, pm
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -97,12 +97,6 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
-def _pm(s: dict) -> str:
-    if s["mean"] is None:
-        return "–"
-    return f"{100 * s['mean']:.2f}" + ("" if s["std"] is None else f" ± {100 * s['std']:.2f}")
-
-
 def markdown(name: str, bench: str, extra: list[str], rows: list[dict], failed: list[str]) -> str:
     lines = [f"# Default vs tuned: {name}", "",
              f"Benchmark `{bench}`" + (f" with `{' '.join(extra)}`" if extra else "") + ". Tuned with `clbench tune` "
@@ -118,7 +112,7 @@ def markdown(name: str, bench: str, extra: list[str], rows: list[dict], failed: 
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (r["best"] or {}).items())
         lines.append(f"| {r['strategy']} | {', '.join(r['space'])} | {r['trials']} ({r['completed']}/"
                      f"{r['stopped_early']}/{r['failed']}) | {_pct(r['val_default'])} | {_pct(r['val_tuned'])} | "
-                     f"{_pm(r['test_default'])} | {_pm(r['test_tuned'])} | {chosen} | {r['tune_wall_s']:.0f} |")
+                     f"{pm(r['test_default'], '–')} | {pm(r['test_tuned'], '–')} | {chosen} | {r['tune_wall_s']:.0f} |")
     if rows:
         r = rows[0]
         lines += ["", f"Protocol: {r['protocol']}" + (f" (first {r['first_k']} experiences)" if r["first_k"] else "")
@@ -177,8 +171,8 @@ def main(argv=None) -> int:
                                    args.data_root)
             rows.append(row(strategy, res, tuned, default))
             r = rows[-1]
-            print(f"   val {_pct(r['val_default'])} -> {_pct(r['val_tuned'])}; test {_pm(r['test_default'])} -> "
-                  f"{_pm(r['test_tuned'])} [{time.time() - t0:.0f}s]", flush=True)
+            print(f"   val {_pct(r['val_default'])} -> {_pct(r['val_tuned'])}; test {pm(r['test_default'], '–')} -> "
+                  f"{pm(r['test_tuned'], '–')} [{time.time() - t0:.0f}s]", flush=True)
         except RunInterrupted:   # Ctrl-C / SIGTERM: stop here (the same command resumes)
             raise
         except Exception as e:   # one failing strategy must not stop the others; reported at the end

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from clbench.metrics import mean_std   # the one mean/std/n over seeds
+from clbench.escape import markdown_cell
+from clbench.metrics import mean_std, pm   # the one mean/std/n over seeds and its text
 
 MIB = 2 ** 20
 FIELDS = ("model_bytes", "exemplar_bytes", "extra_model_bytes", "other_state_bytes", "kept_bytes", "total_bytes")
@@ -56,11 +57,10 @@ def equal_memory_table(rows: Sequence[dict], metric: str = "acc") -> str:
                      key=lambda r: (r["benchmark"], r["memory"]["total_bytes"]["mean"] or 0))
     for r in ordered:
         m, acc = r["memory"], r["metrics"].get(metric, {})
-        acc_txt = "-" if acc.get("mean") is None else (
-            f"{100 * acc['mean']:.2f}" + (f" ± {100 * acc['std']:.2f}" if acc.get("std") is not None else ""))
+        acc_txt = pm(acc)
         eq = m["total_exemplar_equivalents"]
         lines.append("| " + " | ".join([
-            r["benchmark"], r["label"].replace("|", "\\|"), str(r["n"]),
+            markdown_cell(r["benchmark"]), markdown_cell(r["label"]), str(r["n"]),
             "-" if m["total_mib"] is None else f"{m['total_mib']:.3f}",
             "-" if eq is None else f"{eq:.0f}",
             kib(m["model_bytes"]), kib(m["exemplar_bytes"]), kib(m["extra_model_bytes"]),

@@ -309,6 +309,13 @@ def mean_std(values) -> dict:
     return {"mean": mean, "std": std, "n": len(kept)}
 
 
+def pm(stat: Optional[dict], missing: str = "-") -> str:
+    """A mean_std summary as text in %: "81.15 ± 3.12" ("81.15" for one value, `missing` when there is none)."""
+    if not stat or stat.get("mean") is None:
+        return missing
+    return f"{100 * stat['mean']:.2f}" + (f" ± {100 * stat['std']:.2f}" if stat.get("std") is not None else "")
+
+
 def direction(name: str) -> str:
     """'+' (higher is better) or '-' (lower is better)."""
     if name in METRICS:

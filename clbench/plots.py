@@ -262,11 +262,11 @@ def memory_figure(rows: Sequence[dict], metric: str = "acc", title: str = ""):
         y = [100 * r["metrics"][metric]["mean"] for r in rs]
         err = [100 * (r["metrics"][metric]["std"] or 0.0) for r in rs]
         c = COLORS[k % len(COLORS)]
-        ax.errorbar(x, y, yerr=err, fmt="-o", color=c, ms=5, lw=1.5, capsize=3, label=strategy)
+        ax.errorbar(x, y, yerr=err, fmt="-o", color=c, ms=5, lw=1.5, capsize=3, label=plot_text(strategy))
         for r, xi, yi in zip(rs, x, y):
             if r["label"] != strategy:
                 text = r["label"][len(strategy):].strip(" ()")
-                ax.annotate(text if len(text) <= 32 else text[:30] + "..", (xi, yi), textcoords="offset points",
+                ax.annotate(plot_text(text if len(text) <= 32 else text[:30] + ".."), (xi, yi), textcoords="offset points",
                             xytext=(4, -10), fontsize=6, color=c)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -275,7 +275,7 @@ def memory_figure(rows: Sequence[dict], metric: str = "acc", title: str = ""):
     ax.set_xlabel("total memory (MiB): model + exemplars + kept models + other kept state")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3, which="both")
-    ax.set_title(f"{title} - {metric} against total memory (mean ± std over seeds)", fontsize=9)
+    ax.set_title(plot_text(f"{title} - {metric} against total memory (mean ± std over seeds)"), fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig

@@ -28,7 +28,7 @@ from typing import Iterable, Optional, Sequence
 from clbench.config import NON_SEMANTIC_KEYS, SEED_KEYS, group_hash
 from clbench.errors import ResultFileError, UnknownNameError
 from clbench.escape import markdown_cell, slug
-from clbench.metrics import direction, mean_std, uninformative
+from clbench.metrics import direction, mean_std, pm, uninformative
 from clbench.provenance import identity, short_id
 from clbench.registry import did_you_mean
 from clbench.results import check_out_dir, find_results, load_result, write_text_atomic
@@ -176,13 +176,6 @@ def _metric_columns(rows: Sequence[dict], metrics: Optional[Iterable[str]]) -> l
     return present
 
 
-def _pm(stat: Optional[dict]) -> str:
-    if not stat or stat.get("mean") is None:
-        return "-"
-    s = f"{100 * stat['mean']:.2f}"
-    return s + (f" ± {100 * stat['std']:.2f}" if stat.get("std") is not None else "")
-
-
 def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iterable[str]] = None) -> str:
     """The aggregate rows as a table: `text` (aligned, for the console), `markdown`, or `csv`.
 
@@ -208,7 +201,7 @@ def render_table(rows: Sequence[dict], fmt: str = "text", metrics: Optional[Iter
         return buf.getvalue()
     names = _metric_columns(rows, metrics)
     header = ["benchmark", "strategy", "n"] + [f"{n} ({direction(n)})" for n in names] + ["code/data"]
-    body = [[r["benchmark"], r["label"], _n_cell(r)] + [_pm(r["metrics"].get(n)) for n in names] +
+    body = [[r["benchmark"], r["label"], _n_cell(r)] + [pm(r["metrics"].get(n)) for n in names] +
             [r.get("identity", "-")] for r in rows]
     notes = [x for x in (_repeats_note(rows), _uninformative_note(rows, names)) if x]
     if fmt == "markdown":
