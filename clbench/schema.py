@@ -199,6 +199,11 @@ def metric_inputs(r: dict) -> dict:
 METRIC_TOL = 1e-9
 
 
+def same_metric(got, want) -> bool:
+    """A claimed metric equals the recomputed one: both undefined, or within METRIC_TOL (NaN never matches)."""
+    return (got is None and want is None) or (got is not None and want is not None and abs(got - want) <= METRIC_TOL)
+
+
 def metrics_disagree(claimed: dict, recomputed: dict) -> list[str]:
     """Claimed metrics that differ from the recomputed ones (names only the recomputation knows are skipped)."""
     out = []
@@ -206,9 +211,7 @@ def metrics_disagree(claimed: dict, recomputed: dict) -> list[str]:
         if name not in claimed:
             continue
         got = claimed[name]
-        same = (got is None and want is None) or (got is not None and want is not None
-                                                  and abs(got - want) <= METRIC_TOL)
-        if not same:
+        if not same_metric(got, want):
             out.append(f"metrics.{name} is {got!r} but R gives {want!r}")
     return out
 

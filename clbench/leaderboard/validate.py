@@ -29,7 +29,6 @@ from the submitter's own description of the stream. Each problem is a `Validatio
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,7 +41,7 @@ from clbench.hparams import check_section
 from clbench.leaderboard import selection
 from clbench.leaderboard.submission import (MIN_SEEDS, load_submission, method_slug, result_digest, run_config,
                                             seed_metrics, sha256)
-from clbench.schema import METRIC_TOL, SUBMISSION_VERSION, metrics_disagree, schema_errors, unscored_problems
+from clbench.schema import SUBMISSION_VERSION, metrics_disagree, same_metric, schema_errors, unscored_problems
 
 PROTOCOL_SECTIONS = ("dataset", "scenario")   # the stream; model/train differences are shown on the board
 STREAM_KEYS = ("setting", "n_experiences", "n_eval_tasks", "learned_at")
@@ -68,12 +67,6 @@ def leaderboard_track(name: str, version) -> tuple[Optional[dict], Optional[str]
     if not isinstance(b.get("expected_stream"), dict):
         return None, f"benchmark '{name}' declares no expected_stream, so it is not a leaderboard track"
     return b, None
-
-
-def _close(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return math.isfinite(a) and abs(a - b) <= METRIC_TOL
 
 
 def _run_shape(run: dict, expected: dict, label: str) -> list[ValidationIssue]:
@@ -231,8 +224,8 @@ def validate_submission(sub) -> list[ValidationIssue]:
             if name not in per_seed[0]:
                 continue
             want = M.mean_std([m[name] for m in per_seed])
-            if claimed["n"] != want["n"] or not _close(claimed["mean"], want["mean"]) \
-                    or not _close(claimed["std"], want["std"]):
+            if claimed["n"] != want["n"] or not same_metric(claimed["mean"], want["mean"]) \
+                    or not same_metric(claimed["std"], want["std"]):
                 issues.append(ValidationIssue("summary", f"summary '{name}' claims {claimed} but the seeds give "
                                                          f"mean {want['mean']!r}, std {want['std']!r}, n {want['n']}"))
     return issues
