@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", help="comma-separated subset of the methods")
     ap.add_argument("--defaults", action="store_true", help="also run the default configs (default-vs-tuned table)")
     ap.add_argument("--verify", action="store_true", help="re-run every seed of each new or unverified entry (writes a verification record)")
-    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or tuning.data_root())
+    ap.add_argument("--data-root", default=tuning.default_root())
     ap.add_argument("--runs", default=str(REPO / "runs" / "leaderboard"))
     ap.add_argument("--board", default=str(REPO / "leaderboard"))
     args = ap.parse_args(argv)

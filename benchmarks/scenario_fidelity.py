@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +32,8 @@ from clbench.loggers import Logger
 from clbench.scenarios.power_law import fit_exponent, last_performed_schedule, phase_schedule, replay_draws
 
 HERE = Path(__file__).resolve().parent
-
-
-def default_root() -> str:
-    return os.environ.get("CLBENCH_DATA") or str(HERE.parent.parent / "shared" / "datasets")
+sys.path.insert(0, str(HERE))
+from speed import default_root  # noqa: E402  ($CLBENCH_DATA, else <repo>/../shared/datasets, else ./data)
 
 
 # ----- 1. the split ----------------------------------------------------------------------------------------

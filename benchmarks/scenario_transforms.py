@@ -13,7 +13,7 @@ of the data per task. This script measures, on the real MNIST (uint8, 1 x 28 x 2
 from __future__ import annotations
 
 import json
-import os
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +27,8 @@ from clbench.scenarios.rotated import rotation_map
 from clbench.stream import TensorSplit
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from speed import default_root  # noqa: E402
 
 
 def median_ms(fn, n: int) -> float:
@@ -40,7 +42,7 @@ def median_ms(fn, n: int) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
-    root = os.environ.get("CLBENCH_DATA") or str(HERE.parent.parent / "shared" / "datasets")
+    root = default_root()
     ds = load_mnist(root)
     g = torch.Generator().manual_seed(0)
     maps = {"permutation": PixelMap(permutation(784, 0, 1)), "rotation 37 deg": PixelMap(rotation_map(28, 28, 37.0))}

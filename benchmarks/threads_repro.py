@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from speed import default_root  # noqa: E402
 DEFAULT = ["benchmark=split-mnist", "strategy=replay", "train.epochs=1", "seed=3"]
 
 
@@ -42,7 +44,7 @@ def max_diff(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", nargs="*", default=DEFAULT, help="run overrides (default: %(default)s)")
-    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA", "data"), help="root holding MNIST/raw")
+    ap.add_argument("--data-root", default=default_root(), help="root holding MNIST/raw")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run(args.config, t, Path(tmp) / f"{i}_t{t}", args.data_root) for i, t in enumerate((1, 2, 1))]

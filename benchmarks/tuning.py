@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from clbench.escape import slug
 from clbench.metrics import mean_std, pm
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from speed import default_root  # noqa: E402,F401  ($CLBENCH_DATA, else <repo>/../shared/datasets, else ./data)
 SEEDS = (0, 1, 2)
 STRATEGIES = ["naive", "replay", "joint", "cumulative", "agem", "der", "derpp", "ewc", "si", "lwf", "gdumb",
               "clser", "replay+refresh", "gpm", "hlop", "owm"]
@@ -39,14 +40,6 @@ def entry_overrides(strategy: str) -> list[str]:
     if strategy == "replay+refresh":
         return ["strategy=replay", "callbacks=[refresh]"]
     return [f"strategy={strategy}", *(["model.bias=false"] if strategy in BIAS_FREE else [])]
-
-
-def data_root() -> str:
-    """The nearest `shared/datasets` above the repository (the machine's MNIST), else ./data."""
-    for parent in REPO.parents:
-        if (parent / "shared" / "datasets" / "MNIST").is_dir():
-            return str(parent / "shared" / "datasets")
-    return "data"
 
 
 def space_settings(strategy: str) -> list[str]:
@@ -148,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
                     help="clbench tune settings for every strategy (default: the track's declared protocol), "
                          "e.g. budget=12 protocol=full grace=5")
-    ap.add_argument("--data-root", default=os.environ.get("CLBENCH_DATA") or data_root())
+    ap.add_argument("--data-root", default=default_root())
     ap.add_argument("--out", help="folder of the tunes and runs (default: runs/tuning/<name>)")
     args = ap.parse_args(argv)
     name = args.name or args.benchmark
