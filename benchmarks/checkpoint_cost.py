@@ -76,6 +76,7 @@ def main() -> None:
     lines.append(f"\nMedian save share: {100 * statistics.median(r['save_share'] for r in rows):.2f} %. "
                  "Accuracy is identical with and without checkpoints (asserted).")
     name = f"checkpoint_cost_{args.train_per_class}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -242,7 +242,7 @@ def main() -> None:
                   flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    json.dump(res, open(out.with_suffix(".json"), "w"), indent=1)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     text = markdown(res)
     out.with_suffix(".md").write_text(text)
     print(text)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from speed import RESULTS, default_root, machine, save_report  # noqa: E402
+from speed import RESULTS, default_root, machine, median, save_report  # noqa: E402
 
 CLBENCH = [sys.executable, "-m", "clbench"]
 # The benchmarks' own protocols (presets included); permuted-mnist with GEM's 1,000 training images per task.
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                     print(f"  {name:<15s} {mode:<20s} {r['wall_s']:7.1f}s  {r['seeds_per_hour']:7.0f} seeds/h  "
                           f"(seed-parallel runs: {r['seed_parallel_runs']})", flush=True)
                 k += 1
-            wall = {m: sorted(x["wall_s"] for x in per_mode[m])[len(per_mode[m]) // 2] for m in MODES}
+            wall = {m: median([x["wall_s"] for x in per_mode[m]]) for m in MODES}
             first = per_mode[MODES[0]][0]["matrices"]
             summary.append({"benchmark": name, "overrides": BENCHMARKS[name], "wall_s": wall,
                             "seeds_per_hour": {m: 3600 * len(args.seeds) / wall[m] for m in MODES},

@@ -77,6 +77,7 @@ class PackNet(Strategy):
         # the loop runs train.epochs, then post_prune_epochs after pruning
         self.train_cfg = {**self.train_cfg, "epochs": self.train_epochs + int(self.hp.post_prune_epochs)}
         self._frozen: dict[str, Tensor] | None = None
+        self._masks: dict[str, Tensor] | None = None     # trainable(), with _frozen: fixed until ownership changes
 
     # ----- ownership --------------------------------------------------------------------------------
     @property
@@ -145,19 +146,18 @@ class PackNet(Strategy):
 
     def after_backward(self, batch: Batch) -> None:
         # 2. only the current task's weights learn (authors: make_grads_zero); remember the frozen values
-        if self._frozen is None:
+        if self._frozen is None:   # again after each change of ownership (a new task, the pruning)
             self._frozen = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        masks = self.trainable()
+            self._masks = self.trainable()
         for n, p in self.model.named_parameters():
             if p.grad is not None:
-                p.grad.mul_(masks[n])
+                p.grad.mul_(self._masks[n])
 
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         # everything else is written back, so no optimizer state or decay can move it
-        masks = self.trainable()
         for n, p in self.model.named_parameters():
-            p.copy_(torch.where(masks[n], p, self._frozen[n]))
+            p.copy_(torch.where(self._masks[n], p, self._frozen[n]))
 
     def after_experience(self, exp: Experience) -> None:
         if not self.pruned:                                # post_prune_epochs = 0: prune without retraining
