@@ -162,6 +162,55 @@ def load_yaml_file(path: Path) -> Any:
     return load_yaml_text(text, str(path))
 
 
+# ----- files a user hands us (sweep files, search spaces): found by name or path, read with bounds ---------
+USER_YAML_MAX_BYTES = 1_000_000     # such a file is a few lines; bound what we parse
+USER_YAML_MAX_NODES = 100_000       # after YAML aliases are expanded
+USER_YAML_MAX_DEPTH = 20
+
+
+def named_yaml(name: str, folder: str, what: str) -> Path:
+    """A shipped file by name (configs/<folder>/<name>.yaml) or the path of a .yaml file; one line naming the
+    choices otherwise."""
+    path = Path(name)
+    if not (name.endswith((".yaml", ".yml")) and path.is_file()):
+        path = configs_dir() / folder / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (configs_dir() / folder).glob("*.yaml"))
+        raise UnknownNameError(f"unknown {what} '{name}'.{did_you_mean(name, names)} "
+                               f"Valid choices: {', '.join(names) or '(none)'}; or give a path to a .yaml file.")
+    return path
+
+
+def load_user_yaml(path: Path, what: str, loader=None) -> Any:
+    """The data of a `what` file (e.g. "sweep file"), read as YAML 1.2 numbers like overrides unless another
+    `loader` is given; a YAML error, a binary or oversized file, or one that expands (aliases) into something
+    huge is one ConfigError naming the file."""
+    if path.stat().st_size > USER_YAML_MAX_BYTES:
+        raise ConfigError(f"{what} {path} is too large ({path.stat().st_size} bytes; at most "
+                          f"{USER_YAML_MAX_BYTES})")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader or _Loader) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not a UTF-8 text file ({e.reason})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} {path}: YAML error{where}: {problem}") from None
+    nodes, stack = 0, [(data, 1)]
+    while stack:  # an alias counts as often as it is used (a self-referencing one stops at the bound)
+        obj, depth = stack.pop()
+        nodes += 1
+        if depth > USER_YAML_MAX_DEPTH or nodes > USER_YAML_MAX_NODES:
+            raise ConfigError(f"{what} {path} is too deep or too large once its YAML aliases are expanded "
+                              f"(at most {USER_YAML_MAX_DEPTH} levels and {USER_YAML_MAX_NODES} values)")
+        if isinstance(obj, dict):
+            stack.extend((c, depth + 1) for c in [*obj.keys(), *obj.values()])
+        elif isinstance(obj, list):
+            stack.extend((c, depth + 1) for c in obj)
+    return data
+
+
 def check_keys(data: Any, where: str, keys: Sequence[str], mappings: Sequence[str] = ()) -> dict:
     """A file's (or section's) mapping with only `keys`, of which `mappings` hold mappings; one line otherwise."""
     if not isinstance(data, dict):

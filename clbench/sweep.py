@@ -37,10 +37,10 @@ from typing import Any, Optional
 
 import yaml
 
-from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_hash, configs_dir, group_hash,
-                            parse_value, split_key_value)
+from clbench.config import (SEED_KEYS, ConfigError, check_keys, compose, config_hash, group_hash, load_user_yaml,
+                            named_yaml, parse_value, split_key_value)
 from clbench.errors import RunInterrupted, StorageError, bad_value
-from clbench.registry import UnknownNameError, did_you_mean
+from clbench.registry import UnknownNameError
 from clbench.reproducibility import check_threads
 from clbench.results import (RunDir, check_out_dir, load_complete, make_run_id, storage_error, try_lock,
                              write_json_atomic, write_text_atomic)
@@ -51,9 +51,6 @@ MANIFEST_VERSION = 1
 # every run's protocol, see clbench/reproducibility.py).
 SWEEP_KEYS = ("executor", "workers", "name", "sweep", "reuse", "seed_parallel", "tuned")
 NAME_MAX_CHARS = 100                 # the sweep name: a folder name and a W&B group
-SWEEP_FILE_MAX_BYTES = 1_000_000     # a sweep file is a few lines; bound what we parse
-SWEEP_FILE_MAX_NODES = 100_000       # after YAML aliases are expanded
-SWEEP_FILE_MAX_DEPTH = 20
 SWEEP_SECTIONS = ("ray", "submitit")
 SWEEP_FILE_KEYS = ("name", "description", "out", "executor", "workers", "threads", "reuse", "seed_parallel", "ray",
                    "submitit", "overrides", "grid")
@@ -194,55 +191,11 @@ class SweepSpec:
                 for combo in itertools.product(*(self.params[k] for k in keys))]
 
 
-def sweep_file_names() -> list[str]:
-    return sorted(p.stem for p in (configs_dir() / "sweep").glob("*.yaml"))
-
-
 def load_sweep_file(name: str) -> tuple[dict, str]:
     """A sweep definition by name (configs/sweep/<name>.yaml) or path; returns (data, path)."""
-    path = Path(name)
-    if not (name.endswith((".yaml", ".yml")) and path.is_file()):
-        path = configs_dir() / "sweep" / f"{name}.yaml"
-    if not path.is_file():
-        names = sweep_file_names()
-        raise UnknownNameError(f"unknown sweep '{name}'.{did_you_mean(name, names)} "
-                               f"Valid choices: {', '.join(names) or '(none)'}; or give a path to a .yaml file.")
-    data = _read_yaml_bounded(path)
+    path = named_yaml(name, "sweep", "sweep")
+    data = load_user_yaml(path, "sweep file", loader=yaml.SafeLoader)   # (sweep values keep YAML 1.1 text)
     return check_keys(data, f"sweep file {path}", SWEEP_FILE_KEYS, ("overrides", "grid")), str(path)
-
-
-def _read_yaml_bounded(path: Path) -> Any:
-    """A sweep file's data; a YAML error, a binary or oversized file, or one that expands (aliases) into
-    something huge is one ConfigError naming the file."""
-    if path.stat().st_size > SWEEP_FILE_MAX_BYTES:
-        raise ConfigError(f"sweep file {path} is too large ({path.stat().st_size} bytes; at most "
-                          f"{SWEEP_FILE_MAX_BYTES})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"sweep file {path} is not a UTF-8 text file ({e.reason})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"sweep file {path}: YAML error{where}: {what}") from None
-    _check_size(data, path)
-    return data
-
-
-def _check_size(data: Any, path: Path) -> None:
-    """Refuse YAML whose expansion is huge (a few hundred bytes of aliases can stand for a billion items)."""
-    nodes, stack = 0, [(data, 1)]
-    while stack:  # an alias counts as often as it is used (a self-referencing one stops at the bound)
-        obj, depth = stack.pop()
-        nodes += 1
-        if depth > SWEEP_FILE_MAX_DEPTH or nodes > SWEEP_FILE_MAX_NODES:
-            raise ConfigError(f"sweep file {path} is too deep or too large once its YAML aliases are expanded "
-                              f"(at most {SWEEP_FILE_MAX_DEPTH} levels and {SWEEP_FILE_MAX_NODES} values)")
-        if isinstance(obj, dict):
-            stack.extend((c, depth + 1) for c in [*obj.keys(), *obj.values()])
-        elif isinstance(obj, list):
-            stack.extend((c, depth + 1) for c in obj)
 
 
 def _set_setting(settings: dict, key: str, value: Any) -> None:

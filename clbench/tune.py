@@ -41,7 +41,8 @@ import yaml
 
 from clbench import metrics as M
 from clbench.config import (callback_specs, canonical_hash, check_keys, compose, configs_dir, load_benchmark,
-                            load_yaml_file, lookup, parse_value, section_specs, split_key_value)
+                            load_user_yaml, load_yaml_file, lookup, named_yaml, parse_value, section_specs,
+                            split_key_value)
 from clbench.errors import ConfigError, UnknownNameError, bad_value
 from clbench.escape import markdown_cell, plot_text
 from clbench.hparams import Domain, did_you_mean
@@ -146,14 +147,8 @@ def _choice(key: str, values: tuple) -> Domain:
 
 def load_space_file(name: str) -> tuple[dict, str]:
     """A search-space file by name (configs/tune/NAME.yaml) or path."""
-    path = Path(name)
-    if not (name.endswith((".yaml", ".yml")) and path.is_file()):
-        path = configs_dir() / "tune" / f"{name}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in (configs_dir() / "tune").glob("*.yaml"))
-        raise UnknownNameError(f"unknown search space '{name}'.{did_you_mean(name, names)} Valid choices: "
-                               f"{', '.join(names) or '(none)'}; or give a path to a .yaml file.")
-    data = load_yaml_file(path) or {}
+    path = named_yaml(name, "tune", "search space")
+    data = load_user_yaml(path, "search-space file")
     return check_keys(data, f"search-space file {path}", SPACE_FILE_KEYS, ("space", "overrides")), str(path)
 
 

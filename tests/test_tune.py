@@ -92,6 +92,19 @@ def test_a_space_file_with_an_unknown_key_is_refused_naming_it(tmp_path):
         parse_tune_args(["strategy=naive", f"space={space}", f"out={tmp_path}"])
 
 
+def test_a_space_file_is_read_with_the_bounds_of_a_sweep_file(tmp_path):
+    """A search-space file is untrusted input like a sweep file: earlier it was parsed without bounds, so a few
+    lines of YAML aliases could expand to billions of values."""
+    space = tmp_path / "bomb.yaml"
+    space.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefg", "bcdefgh")))
+    with pytest.raises(ConfigError, match="search-space file .*bomb.yaml is too deep or too large"):
+        parse_tune_args(["strategy=naive", f"space={space}", f"out={tmp_path}"])
+    space.write_text("space: {train.lr: [0.1, 0.2\n")
+    with pytest.raises(ConfigError, match="search-space file .*bomb.yaml: YAML error at line 2"):
+        parse_tune_args(["strategy=naive", f"space={space}", f"out={tmp_path}"])
+
+
 # ----- what a trial reports ------------------------------------------------------------------------------
 def test_prefix_metric_is_the_metric_of_the_stream_so_far():
     R = [[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.4, 0.6, 0.7]]
