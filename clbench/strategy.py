@@ -409,6 +409,12 @@ class Strategy:
         (for strategies that run another model or a functional call, next to `forward`)."""
         return self.mask_logits(logits, t) if (self.task_aware and t is not None) else logits
 
+    def mask_unseen(self, logits: Tensor, fill: Optional[float] = None) -> Tensor:
+        """Logits of the classes not seen yet set to `fill` (default: the dtype's lowest), never predicted."""
+        unseen = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
+        unseen[self.seen_classes] = False
+        return logits.masked_fill(unseen, torch.finfo(logits.dtype).min if fill is None else fill)
+
     def forward(self, x: Tensor, t: Optional[Tensor] = None) -> Tensor:
         """Training forward pass: logits, masked to the task's head when the setting is task-IL."""
         return self.task_head((self._compiled if self._compiled is not None else self.model)(x), t)

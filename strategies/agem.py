@@ -24,6 +24,7 @@ from clbench.buffer import ReservoirBuffer
 from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import random_subset
 
 
 def flat_grad(params) -> torch.Tensor:
@@ -90,9 +91,7 @@ class AGEM(Strategy):
 
     def after_experience(self, exp: Experience) -> None:
         # 4. episodic memory: a random subset of this experience
-        n = min(self.per_experience, len(exp.train))
-        pos = torch.randperm(len(exp.train), generator=self.generator)[:n].to(exp.train.device)
-        self.memory.add(exp.train.get(pos))
+        self.memory.add(random_subset(exp, self.per_experience, self.generator))
 
     def extra_state(self) -> dict:
         return {"buffer": self.memory.state(), "projected_steps": self.n_projected, "steps": self.n_steps}

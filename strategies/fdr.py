@@ -35,6 +35,7 @@ from clbench.buffer import ReservoirBuffer
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import random_subset
 
 
 def function_distance(logits: Tensor, stored: Tensor) -> Tensor:
@@ -84,11 +85,9 @@ class FDR(Strategy):
             idx = (old["experience"] == k).nonzero().squeeze(1)[:share]
             self.memory.add(Batch(x=old["x"][idx], y=old["y"][idx], t=old["t"][idx], index=idx),
                             logits=old["logits"][idx], experience=old["experience"][idx])
-        n = min(share, len(exp.train))
-        pos = torch.randperm(len(exp.train), generator=self.generator)[:n].to(exp.train.device)
-        new = exp.train.get(pos)
+        new = random_subset(exp, share, self.generator)
         self.memory.add(new, logits=self.model(new.x),
-                        experience=torch.full((n,), exp.index, dtype=torch.long, device=exp.train.device))
+                        experience=torch.full((len(new.y),), exp.index, dtype=torch.long, device=exp.train.device))
 
     def extra_state(self) -> dict:
         return {"buffer": self.memory.state()}

@@ -41,6 +41,7 @@ from clbench.buffer import ReservoirBuffer
 from clbench.hparams import HP, uniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import random_subset
 from clbench.strategies.agem import flat_grad, set_flat_grad
 
 
@@ -134,10 +135,8 @@ class GEM(Strategy):
 
     def after_experience(self, exp: Experience) -> None:
         # 4. episodic memory of this task: a random subset of its training data
-        n = min(self.per_task, len(exp.train))
-        pos = torch.randperm(len(exp.train), generator=self.generator)[:n].to(exp.train.device)
-        self.memory.add(exp.train.get(pos), experience=torch.full((n,), exp.index, dtype=torch.long,
-                                                                        device=exp.train.device))
+        mem = random_subset(exp, self.per_task, self.generator)
+        self.memory.add(mem, experience=torch.full((len(mem.y),), exp.index, dtype=torch.long, device=exp.train.device))
 
     def extra_state(self) -> dict:
         return {"buffer": self.memory.state(), "memory_per_task": self.per_task,

@@ -24,6 +24,7 @@ from clbench.projection import (InputRecorder, UpdateProjector, freeze_batchnorm
 from clbench.hparams import HP
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import random_subset
 
 
 def grow_basis(R: torch.Tensor, M: torch.Tensor | None, eps: float) -> torch.Tensor | None:
@@ -118,9 +119,7 @@ class GPM(Strategy):
     # ----- memory update at the end of a task -----------------------------------------------------
     @torch.no_grad()
     def after_experience(self, exp: Experience) -> None:
-        n = min(int(self.hp.n_samples), len(exp.train))
-        pos = torch.randperm(len(exp.train), generator=self.generator)[:n].to(exp.train.device)
-        batch = exp.train.get(pos)
+        batch = random_subset(exp, int(self.hp.n_samples), self.generator)
         was_training = self.model.training
         self.model.eval()
         with self.recorder.recording() as inputs:

@@ -145,10 +145,7 @@ class LUCIR(Strategy):
                 opt.step()
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
-        logits = super().predict(x, task_id)
-        unseen = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-        unseen[self.seen_classes] = False
-        return logits.masked_fill(unseen, torch.finfo(logits.dtype).min)
+        return self.mask_unseen(super().predict(x, task_id))
 
     def extra_state(self) -> dict:
         return {"buffer": self.memory.state(), "sigma": float(self.head.sigma.detach())}

@@ -29,6 +29,7 @@ from torch import Tensor
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import quadratic_penalty
 
 
 def output_norm_importance(strategy: Strategy, exp: Experience, group: int, max_samples=None,
@@ -88,9 +89,7 @@ class MAS(Strategy):
         self.theta_star: dict[str, Tensor] = {}
 
     def penalty(self) -> Tensor:
-        named = dict(self.model.named_parameters())
-        return sum(((w * (named[k] - self.theta_star[k]) ** 2).sum() for k, w in self.omega.items()),
-                   torch.zeros((), device=self.device))
+        return quadratic_penalty(self.omega, dict(self.model.named_parameters()), self.theta_star)
 
     def loss(self, batch: Batch) -> Tensor:
         ce = super().loss(batch)

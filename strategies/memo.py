@@ -223,9 +223,7 @@ class MEMO(Strategy):
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:
         logits = self.model(x)
         if self.seen_classes:
-            unseen = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-            unseen[self.seen_classes] = False
-            logits = logits.masked_fill(unseen, torch.finfo(logits.dtype).min)
+            logits = self.mask_unseen(logits)
         return logits
 
     # ----- resume: grow to the saved number of blocks before loading -----------------------------------

@@ -226,9 +226,7 @@ class NAPAVQ(Strategy):
         cvs = F.normalize(self.vq.cvs[classes * self.rot], dim=1)
         logits = -torch.cdist(F.normalize(embed(model, x), dim=1), cvs)
         if self.seen_classes:
-            unseen = torch.ones(len(classes), dtype=torch.bool, device=x.device)
-            unseen[self.seen_classes] = False
-            logits = logits.masked_fill(unseen, -1e4)
+            logits = self.mask_unseen(logits, -1e4)
         return logits
 
     def extra_state(self) -> dict:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from clbench.buffer import Storage
 from clbench.errors import ConfigError
-from clbench.stream import Batch, TensorSplit
+from clbench.stream import Batch, Experience, TensorSplit
 
 
 # ----- features ------------------------------------------------------------------------------------------
@@ -59,6 +59,20 @@ def embed_all(model: nn.Module, x: Tensor, chunk: int = 2048) -> Tensor:
     with eval_mode(model):
         return torch.cat([embed(model, x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else \
             torch.zeros(0, device=x.device)
+
+
+# ----- episodic memories ----------------------------------------------------------------------------------
+def random_subset(exp: Experience, k: int, generator: torch.Generator) -> Batch:
+    """min(k, len) samples of the experience drawn without replacement (one randperm from `generator`)."""
+    n = min(int(k), len(exp.train))
+    return exp.train.get(torch.randperm(len(exp.train), generator=generator)[:n].to(exp.train.device))
+
+
+# ----- quadratic regularisers (SI, MAS, RWalk) ------------------------------------------------------------
+def quadratic_penalty(importance: dict[str, Tensor], params: dict[str, Tensor], anchor: dict[str, Tensor]) -> Tensor:
+    """sum over k of importance_k * (theta_k - theta*_k)^2, summed in the order of `importance`."""
+    zero = torch.zeros((), device=next(iter(params.values())).device)
+    return sum(((w * (params[k] - anchor[k]) ** 2).sum() for k, w in importance.items()), zero)
 
 
 # ----- herding (iCaRL) ----------------------------------------------------------------------------------

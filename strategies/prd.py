@@ -144,9 +144,7 @@ class PRD(Strategy):
         """Cosine between h(x) and the prototypes of the seen classes (the others masked)."""
         logits = F.normalize(embed(model, x), dim=1) @ F.normalize(self.heads.prototypes, dim=1).T
         if self.seen_classes:
-            unseen = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-            unseen[self.seen_classes] = False
-            logits = logits.masked_fill(unseen, -2.0)
+            logits = self.mask_unseen(logits, -2.0)
         if task_id is not None:
             logits = self.mask_logits(logits, torch.full((len(x),), int(task_id), device=x.device))
         return logits

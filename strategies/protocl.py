@@ -44,6 +44,7 @@ from clbench.errors import ConfigError
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience, TensorSplit
+from clbench.strategies.parts import random_subset
 
 
 class GaussianClassPosterior(nn.Module):
@@ -136,8 +137,7 @@ class ProtoCL(Strategy):
         share = min(int(self.hp.memory_size) // (exp.index + 1), len(exp.train))
         self.memory = {k: {f: v[:share] for f, v in m.items()} for k, m in self.memory.items()}
         if share > 0:
-            pos = torch.randperm(len(exp.train), generator=self.generator)[:share].to(exp.train.device)
-            b = exp.train.get(pos)
+            b = random_subset(exp, share, self.generator)
             self.memory[str(exp.index)] = {"x": b.x.clone(), "y": b.y.clone(), "t": b.t.clone()}
 
     def predict(self, x: Tensor, task_id: Optional[int] = None) -> Tensor:

@@ -135,10 +135,7 @@ class RehearsalFree(Strategy):
 
     def predict(self, x: Tensor, task_id=None) -> Tensor:
         # 5. the outputs of the classes seen so far (the code scores [:, :valid_out_dim]; unseen ones never trained)
-        logits = super().predict(x, task_id)
-        unseen = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-        unseen[self.seen_classes] = False
-        return logits.masked_fill(unseen, torch.finfo(logits.dtype).min)
+        return self.mask_unseen(super().predict(x, task_id))
 
     def extra_state(self) -> dict:
         return {"terms": sorted(self.terms), "anchored": bool(self.anchor)}

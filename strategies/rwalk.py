@@ -37,6 +37,7 @@ from torch import Tensor
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import quadratic_penalty
 
 EPSILON = 1e-32      # the authors' guard in the min-max normalisation
 
@@ -89,8 +90,7 @@ class RWalk(Strategy):
         self.task_step = 0
 
     def penalty(self) -> Tensor:
-        return sum(((w * (self.params[k] - self.theta_star[k]) ** 2).sum() for k, w in self.importance.items()),
-                   torch.zeros((), device=self.device))
+        return quadratic_penalty(self.importance, self.params, self.theta_star)
 
     def loss(self, batch: Batch) -> Tensor:
         # 1. every Delta t steps: path score over the window, then the Fisher EMA, then a new window

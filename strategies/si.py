@@ -24,6 +24,7 @@ from torch import Tensor
 from clbench.hparams import HP, loguniform
 from clbench.strategy import Strategy
 from clbench.stream import Batch, Experience
+from clbench.strategies.parts import quadratic_penalty
 
 
 class SI(Strategy):
@@ -49,8 +50,7 @@ class SI(Strategy):
         self._before: dict[str, Tensor] = {}
 
     def penalty(self) -> Tensor:
-        return sum(((self.big_omega[n] * (p - self.theta_prev[n]) ** 2).sum() for n, p in self.params.items()),
-                   torch.zeros((), device=self.device))
+        return quadratic_penalty(self.big_omega, self.params, self.theta_prev)
 
     def loss(self, batch: Batch) -> Tensor:
         return F.cross_entropy(self.forward(batch.x, batch.t), batch.y) + float(self.hp.si_c) * self.penalty()
