@@ -74,3 +74,10 @@ class StorageError(UserError, OSError):
 def bad_value(key: str, why: str) -> ConfigError:
     """The one phrasing of a bad configuration value: "bad value for 'KEY': WHY"."""
     return ConfigError(f"bad value for '{key}': {why}")
+
+
+def failure(e: BaseException) -> dict:
+    """What a failed run records (sweep manifests, failed/<run id>.txt): one line, `Type: message` cut at 500
+    characters, and the traceback. Call it inside the `except` block."""
+    import traceback
+    return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from clbench.config import ConfigError
-from clbench.errors import RunInterrupted, bad_value
+from clbench.errors import RunInterrupted, bad_value, failure
 from clbench.registry import did_you_mean
 
 EXECUTORS = ("local", "ray", "submitit")
@@ -80,9 +80,7 @@ def execute_task(task: Task, return_result: bool = False) -> Outcome:
         return Outcome(task.run_id, "interrupted", time.perf_counter() - t0, error=str(e), worker=worker,
                        signum=e.signum)
     except Exception as e:
-        return Outcome(task.run_id, "failed", time.perf_counter() - t0,
-                       error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                       traceback=traceback.format_exc(), worker=worker)
+        return Outcome(task.run_id, "failed", time.perf_counter() - t0, worker=worker, **failure(e))
 
 
 def _execute_group(task: Task, worker: str, return_result: bool) -> Outcome:
@@ -97,8 +95,7 @@ def _execute_group(task: Task, worker: str, return_result: bool) -> Outcome:
                        members=[Outcome(m.run_id, "interrupted", seconds / len(task.members), error=str(e),
                                         worker=worker, signum=e.signum) for m in task.members])
     except Exception as e:
-        outs = [{"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}
-                for _ in task.members]
+        outs = [failure(e) for _ in task.members]
     seconds = (time.perf_counter() - t0) / len(task.members)
     members = []
     for m, o in zip(task.members, outs):

@@ -33,7 +33,6 @@ import copy
 import functools
 import signal
 import threading
-import traceback
 from typing import Optional
 
 import torch
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbench.config import SEED_KEYS
-from clbench.errors import ClbenchError, RunInterrupted
+from clbench.errors import ClbenchError, RunInterrupted, failure
 from clbench.models import MLP, Normalize
 from clbench.strategy import Strategy
 
@@ -248,7 +247,7 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
         except RunInterrupted as e:
             out[i] = {"interrupted": e}
         except BaseException as e:  # noqa: BLE001 - reported per seed; the other seeds must not wait for it
-            out[i] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500], "traceback": traceback.format_exc()}
+            out[i] = failure(e)
         finally:
             group.barrier.abort()    # a seed that stopped (or finished) early breaks the lock-step
             group.baton.release()
@@ -278,6 +277,5 @@ def run_seeds(cfgs: list[dict], overwrite: bool = True, console: bool = False,
                     result, path = run(cfgs[i], overwrite=overwrite, console=console)
                     out[i] = {"result": result, "path": path, "fallback": o["error"]}
                 except Exception as e:  # noqa: BLE001
-                    out[i] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                              "traceback": traceback.format_exc()}
+                    out[i] = failure(e)
     return out
