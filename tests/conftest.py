@@ -1,5 +1,6 @@
 """Shared fixtures. Tests that need the real MNIST use `mnist_root` and skip cleanly when it is absent."""
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,27 @@ def naive_digits_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("naive_digits") / "runs"
     return [run(compose(["benchmark=split-digits", "train.epochs=1", "wandb.mode=disabled", "progress=false",
                          "strategy=naive", f"seed={s}", f"out={out}"]), console=False)[1] for s in (0, 1, 2)]
+
+
+@pytest.fixture
+def preempt():
+    """`callbacks=[preempt_test]` sends SIGTERM to this process once, after global step `preempt.at_step` (what
+    SLURM does before a preemption); registered for the test only."""
+    from clbench.registry import CALLBACKS
+    from clbench.strategy import Callback
+
+    class Preempt(Callback):
+        description = "test helper: SIGTERM at a chosen step, once"
+        at_step = None
+
+        def after_step(self, strategy, batch):
+            if Preempt.at_step is not None and strategy.global_step == Preempt.at_step:
+                Preempt.at_step = None
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    CALLBACKS.register("preempt_test", Preempt)
+    yield Preempt
+    CALLBACKS.unregister("preempt_test")
 
 
 def pytest_generate_tests(metafunc):

@@ -11,31 +11,10 @@ import time
 import pytest
 
 from clbench.engine import RunInterrupted, run
-from clbench.registry import CALLBACKS
-from clbench.strategy import Callback
 
 FAST = ["benchmark=split-digits", "dataset.train_per_class=30", "train.epochs=2", "train.batch_size=10",
         "wandb.mode=disabled", "progress=false", "device=cpu"]
 TASK_IL_ONLY = {"pnn", "packnet"}      # they choose their network by task id: split-digits as task-IL
-
-
-class Preempt(Callback):
-    """Sends SIGTERM to this process after a chosen global step, once (what SLURM does before preemption)."""
-    description = "test helper: SIGTERM at a chosen step"
-    at_step = None
-
-    def after_step(self, strategy, batch):
-        if Preempt.at_step is not None and strategy.global_step == Preempt.at_step:
-            Preempt.at_step = None
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-@pytest.fixture(autouse=True)
-def preempt_callback():
-    CALLBACKS.register("preempt_test", Preempt)
-    yield
-    Preempt.at_step = None
-    CALLBACKS.unregister("preempt_test")
 
 
 def same_result(a: dict, b: dict) -> None:
@@ -44,14 +23,14 @@ def same_result(a: dict, b: dict) -> None:
         assert a.get(key) == b.get(key), key
 
 
-def test_sigterm_then_rerun_gives_the_uninterrupted_result(builtin_strategy, tmp_path):
+def test_sigterm_then_rerun_gives_the_uninterrupted_result(builtin_strategy, tmp_path, preempt):
     strategy = builtin_strategy
     args = [*FAST, f"strategy={strategy}", "callbacks=[preempt_test]"]
     if strategy in TASK_IL_ONLY:
         args.append("scenario.name=task_incremental")
     reference, _ = run([*args, f"out={tmp_path / 'ref'}"], console=False)
     out = tmp_path / "stopped"
-    Preempt.at_step = 17          # mid-experience: experience 1, step 5 (12 steps per experience)
+    preempt.at_step = 17          # mid-experience: experience 1, step 5 (12 steps per experience)
     with pytest.raises(RunInterrupted) as stop:
         run([*args, f"out={out}"], console=False)
     assert stop.value.exit_code == 128 + signal.SIGTERM and "re-run the same command" in str(stop.value).lower()
@@ -64,9 +43,9 @@ def test_sigterm_then_rerun_gives_the_uninterrupted_result(builtin_strategy, tmp
     assert not list(out.glob(".*.partial"))
 
 
-def test_resume_false_starts_over(tmp_path):
+def test_resume_false_starts_over(tmp_path, preempt):
     args = [*FAST, "strategy=replay", "callbacks=[preempt_test]", f"out={tmp_path}"]
-    Preempt.at_step = 9
+    preempt.at_step = 9
     with pytest.raises(RunInterrupted):
         run(args, console=False)
     result, _ = run([*args, "resume=false"], console=False)
@@ -134,12 +113,12 @@ def test_two_identical_runs_at_once_get_two_folders(tmp_path):
     assert not list(tmp_path.glob(".*.partial"))
 
 
-def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, preempt):
     """The W&B run of a preempted run is marked preempting, not finished, and the resumed run writes into the
     same W&B run id (offline: one more offline-run folder with the same id), so W&B shows one run."""
     args = [a for a in FAST if not a.startswith("wandb")] + ["wandb.mode=offline", "strategy=replay",
                                                               "callbacks=[preempt_test]", f"out={tmp_path}"]
-    Preempt.at_step = 17
+    preempt.at_step = 17
     with pytest.raises(RunInterrupted):
         run(args, console=False)
     first = [p.name for p in tmp_path.glob(".*.partial/wandb/offline-run-*")]
@@ -155,7 +134,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     ["train.amp=bf16"],
     ["train.compile=default"],                                 # dynamo with the eager backend (below)
 ])
-def test_sigterm_then_rerun_with_the_speed_options(options, tmp_path, monkeypatch):
+def test_sigterm_then_rerun_with_the_speed_options(options, tmp_path, preempt, monkeypatch):
     """eval.schedule, train.amp and train.compile keep resume exact: the checkpoint holds the partial R with its
     null entries, and the compiled view of the model is rebuilt around the restored weights."""
     if "train.compile=default" in options:
@@ -166,7 +145,7 @@ def test_sigterm_then_rerun_with_the_speed_options(options, tmp_path, monkeypatc
         torch._dynamo.reset()
     args = [*FAST, "strategy=replay", "callbacks=[preempt_test]", *options]
     reference, _ = run([*args, f"out={tmp_path / 'ref'}"], console=False)
-    Preempt.at_step = 17
+    preempt.at_step = 17
     with pytest.raises(RunInterrupted):
         run([*args, f"out={tmp_path / 'stopped'}"], console=False)
     resumed, _ = run([*args, f"out={tmp_path / 'stopped'}"], console=False)

@@ -233,36 +233,21 @@ def test_failing_run_is_reported_and_the_rest_finish(tmp_path, capsys):
     assert main(["sweep", *FAST, "executor=rey", f"out={tmp_path}/x"]) == 2
 
 
-def test_sigterm_stops_a_serial_sweep_and_the_rerun_resumes(tmp_path, capsys):
+def test_sigterm_stops_a_serial_sweep_and_the_rerun_resumes(tmp_path, capsys, preempt):
     """Preemption is not a run failure: the sweep stops at once (exit 128+15), keeps the run's checkpoint, runs
     nothing more, and the same command resumes that run and finishes the rest, as if never stopped."""
     import signal
 
-    from clbench.registry import CALLBACKS
-    from clbench.strategy import Callback
-
-    class PreemptOnce(Callback):
-        description = "test helper: SIGTERM at step 5, once"
-        fired = False
-
-        def after_step(self, strategy, batch):
-            if not PreemptOnce.fired and strategy.global_step == 5:
-                PreemptOnce.fired = True
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    CALLBACKS.register("preempt_sweep_test", PreemptOnce)
-    try:
-        args = ["sweep", *FAST, "strategy=replay", "callbacks=[preempt_sweep_test]", "seed=0,1,2"]
-        assert main([*args, f"out={tmp_path / 'stopped'}"]) == 128 + signal.SIGTERM
-        assert "interrupted by SIGTERM" in capsys.readouterr().err
-        manifest = json.loads((tmp_path / "stopped" / MANIFEST).read_text())
-        assert [r["status"] for r in manifest["runs"]] == ["interrupted"] * 3
-        assert not list((tmp_path / "stopped").glob("*/result.json"))
-        assert len(list((tmp_path / "stopped").glob(".*.partial/checkpoint.pt"))) == 1
-        assert main([*args, f"out={tmp_path / 'stopped'}"]) == 0
-        assert main([*args, f"out={tmp_path / 'straight'}"]) == 0
-    finally:
-        CALLBACKS.unregister("preempt_sweep_test")
+    preempt.at_step = 5
+    args = ["sweep", *FAST, "strategy=replay", "callbacks=[preempt_test]", "seed=0,1,2"]
+    assert main([*args, f"out={tmp_path / 'stopped'}"]) == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "stopped" / MANIFEST).read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["interrupted"] * 3
+    assert not list((tmp_path / "stopped").glob("*/result.json"))
+    assert len(list((tmp_path / "stopped").glob(".*.partial/checkpoint.pt"))) == 1
+    assert main([*args, f"out={tmp_path / 'stopped'}"]) == 0
+    assert main([*args, f"out={tmp_path / 'straight'}"]) == 0
     for run in json.loads((tmp_path / "straight" / MANIFEST).read_text())["runs"]:
         a = load_result(tmp_path / "stopped" / run["run_id"])
         b = load_result(tmp_path / "straight" / run["run_id"])
